@@ -1,0 +1,115 @@
+"""What every streaming pipeline produces and how a session drives it."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+
+from tokentrim_server.cache.kv_cache import KVCache
+from tokentrim_server.models.causal_wan import (
+    AttentionContext,
+    CausalWanTransformer,
+    ChunkGeometry,
+    TextContext,
+)
+from tokentrim_server.pipelines.noise import NoiseSource
+from tokentrim_server.pipelines.schedule import add_noise
+
+
+@dataclass
+class Chunk:
+    """One finished chunk of latent frames."""
+
+    index: int
+    frame_start: int
+    latents: torch.Tensor  # [B, F, C, H, W]
+
+
+def check_positive(name: str, value: int) -> None:
+    if value <= 0:
+        raise ValueError(f"{name} must be > 0; got {value}")
+
+
+def check_latent_shape(latent_shape: tuple[int, int, int], in_channels: int, patch: tuple[int, int, int]) -> None:
+    if len(latent_shape) != 3:
+        raise ValueError(f"latent_shape must be [C, H, W]; got {list(latent_shape)}")
+    channels, height, width = latent_shape
+    if channels != in_channels:
+        raise ValueError(f"latent_shape channels must be the model's {in_channels}; got {channels}")
+    if height <= 0 or width <= 0 or height % patch[1] or width % patch[2]:
+        raise ValueError(
+            f"latent_shape height and width must be positive multiples of the patch {patch[1]}x{patch[2]}; "
+            f"got {height}x{width}"
+        )
+
+
+class StreamBase:
+    """State every pipeline's session holds: text context, keyed noise, the KV cache, the block counter.
+
+    Subclasses implement :meth:`next_chunk`; iteration stops after ``num_blocks`` chunks (``None``: never).
+    """
+
+    def __init__(
+        self,
+        model: CausalWanTransformer,
+        text: TextContext,
+        latent_shape: tuple[int, int, int],
+        noise: NoiseSource,
+        num_blocks: int | None,
+        frames_per_block: int,
+        sink_frames: int,
+    ) -> None:
+        self.model = model
+        self.text = text
+        self.noise = noise
+        self.num_blocks = num_blocks
+        self.frames_per_block = frames_per_block
+        self.batch = text.keys[0].shape[0]
+        self.block_shape = (self.batch, frames_per_block, *latent_shape)
+        self.tokens_per_frame = model.tokens_per_frame(latent_shape[1], latent_shape[2])
+        self.cache = KVCache(model.num_layers, self.tokens_per_frame, sink_frames)
+        self.emitted = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self
+
+    def __next__(self) -> Chunk:
+        if self.done:
+            raise StopIteration
+        return self.next_chunk()
+
+    @property
+    def done(self) -> bool:
+        return self.num_blocks is not None and self.emitted >= self.num_blocks
+
+    def next_chunk(self) -> Chunk:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """Free the session's cache and text context."""
+        self.cache.clear()
+        self.text.keys.clear()
+        self.text.values.clear()
+
+    def initial_noise(self, block: int) -> torch.Tensor:
+        return self.noise.initial(block, self.block_shape, self.model.device, self.model.dtype)
+
+    def renoise(self, block: int, step: int, x0: torch.Tensor, timestep: float) -> torch.Tensor:
+        """Bring ``block``'s clean prediction to denoising step ``step`` with its keyed noise."""
+        noise = self.noise.renoise(block, step, tuple(x0.shape), self.model.device, self.model.dtype)
+        return add_noise(x0, noise, timestep)
+
+    @torch.no_grad()
+    def call(
+        self, latents: torch.Tensor, timesteps: torch.Tensor, frame_start: int, context: AttentionContext
+    ) -> torch.Tensor:
+        """One model call; returns the flow prediction."""
+        return self.model(latents, timesteps, self.text, context, frame_start)
+
+    def rotary(self, frame_start: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        height, width = self.block_shape[-2:]
+        _, ph, pw = self.model.patch_size
+        geo = ChunkGeometry(frame_start, num_frames, height // ph, width // pw)
+        return self.model.rotary(geo, self.model.device)

@@ -1,0 +1,179 @@
+"""Rolling Forcing: joint denoising of a rolling window of blocks, with an attention sink.
+
+The window holds as many blocks as there are denoising steps, each at its own step (the newest at the
+first, the oldest at the last). One model call denoises the whole window; every block not at its last
+step is then renoised to its next step with its keyed noise, and the oldest, now clean, is emitted. After
+each window a cache-writing call stores the window's first block (its x0, at ``t = context_noise``).
+The first block is the attention sink: stored un-roped, never evicted, re-rotated at each use to sit just
+before the working cache frames it is shown with. Windows grow at the start of a stream and, for a
+bounded run, shrink at its end; an unbounded stream never shrinks.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from tokentrim_server.cache.contexts import RollingWindowContext, RollingWriteContext
+from tokentrim_server.models.causal_wan import CausalWanTransformer
+from tokentrim_server.pipelines.base import Chunk, StreamBase, check_latent_shape, check_positive
+from tokentrim_server.pipelines.noise import NoiseSource
+from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
+
+
+@dataclass(frozen=True)
+class RollingForcingOptions:
+    """Options of the Rolling Forcing pipeline (defaults: the official 5-step distilled model)."""
+
+    frames_per_block: int = 3
+    denoising_steps: tuple[int, ...] = (1000, 800, 600, 400, 200)
+    warp_denoising_step: bool = True
+    timestep_shift: float = 5.0
+    context_noise: float = 0.0
+    cache_frames: int = 24  # frames the cache holds, sink included
+    attention_frames: int = 21  # frames one call attends to at most
+
+    @property
+    def sink_frames(self) -> int:
+        """The sink is exactly the first block."""
+        return self.frames_per_block
+
+    @property
+    def window_frames(self) -> int:
+        return self.frames_per_block * len(self.denoising_steps)
+
+    def validate(self) -> None:
+        check_positive("frames_per_block", self.frames_per_block)
+        denoising_timesteps(self.denoising_steps, self.timestep_shift, self.warp_denoising_step)
+        if not 0 <= self.context_noise < 1000:
+            raise ValueError(f"context_noise must be in [0, 1000); got {self.context_noise}")
+        minimum = self.window_frames + self.sink_frames
+        if self.attention_frames < minimum:
+            raise ValueError(
+                f"attention_frames must be >= the window ({self.window_frames}) plus the sink "
+                f"({self.sink_frames}) = {minimum}; got {self.attention_frames}"
+            )
+        if self.cache_frames < self.attention_frames:
+            raise ValueError(
+                f"cache_frames must be >= attention_frames ({self.attention_frames}); got {self.cache_frames}"
+            )
+
+
+@dataclass
+class _Block:
+    """A block inside the window: its noisy latents at denoising step ``step``."""
+
+    index: int
+    step: int
+    noisy: torch.Tensor
+
+
+class RollingForcingPipeline:
+    name = "rolling_forcing"
+
+    def __init__(self, model: CausalWanTransformer, options: RollingForcingOptions | None = None) -> None:
+        self.model = model
+        self.options = options or RollingForcingOptions()
+        self.options.validate()
+        self.timesteps = denoising_timesteps(
+            self.options.denoising_steps, self.options.timestep_shift, self.options.warp_denoising_step
+        )
+
+    def open(
+        self,
+        prompt_embeds: torch.Tensor,
+        latent_shape: tuple[int, int, int],
+        noise: NoiseSource,
+        num_blocks: int | None = None,
+    ) -> RollingForcingStream:
+        """Start a stream; ``num_blocks=None`` streams for ever."""
+        check_latent_shape(latent_shape, self.model.config.in_channels, self.model.patch_size)
+        if num_blocks is not None:
+            check_positive("num_blocks", num_blocks)
+        return RollingForcingStream(self, self.model.encode_text(prompt_embeds), latent_shape, noise, num_blocks)
+
+
+class RollingForcingStream(StreamBase):
+    """One Rolling Forcing session; each :meth:`next_chunk` runs windows until a block is final."""
+
+    def __init__(self, pipeline: RollingForcingPipeline, text, latent_shape, noise, num_blocks) -> None:
+        options = pipeline.options
+        super().__init__(
+            pipeline.model, text, latent_shape, noise, num_blocks, options.frames_per_block, options.sink_frames
+        )
+        self.options = options
+        self.timesteps = pipeline.timesteps
+        self.window: list[_Block] = []
+        self.next_block = 0
+
+    @property
+    def last_step(self) -> int:
+        return len(self.timesteps) - 1
+
+    def next_chunk(self) -> Chunk:
+        while True:
+            chunk = self.step_window()
+            if chunk is not None:
+                return chunk
+
+    def step_window(self) -> Chunk | None:
+        """Run one window; returns the block that became final in it, if any."""
+        if self.num_blocks is None or self.next_block < self.num_blocks:
+            self.window.append(_Block(self.next_block, 0, self.initial_noise(self.next_block)))
+            self.next_block += 1
+        oldest = self.window[0]
+        final = oldest.step == self.last_step
+        x0 = self._denoise_window()
+        for block, clean in zip(self.window, x0, strict=True):
+            if block.step < self.last_step:
+                block.step += 1
+                block.noisy = self.renoise(block.index, block.step, clean, self.timesteps[block.step])
+        self._write_cache(oldest.index, x0[0])
+        if not final:
+            return None
+        self.window.pop(0)
+        self.emitted += 1
+        return Chunk(oldest.index, oldest.index * self.frames_per_block, x0[0])
+
+    # ------------------------------------------------------------------ model calls
+    def _denoise_window(self) -> list[torch.Tensor]:
+        """One call over the whole window; returns each block's x0 prediction."""
+        fpb = self.frames_per_block
+        first = self.window[0].index * fpb
+        latents = torch.cat([block.noisy for block in self.window], dim=1)
+        per_frame = [self.timesteps[block.step] for block in self.window for _ in range(fpb)]
+        timesteps = torch.tensor(per_frame, dtype=torch.float32, device=latents.device).expand(self.batch, -1)
+        flow = self.call(latents, timesteps, first, self._window_context(first, latents.shape[1]))
+        return [
+            to_x0(noisy, velocity, self.timesteps[block.step])
+            for block, noisy, velocity in zip(self.window, latents.split(fpb, 1), flow.split(fpb, 1), strict=True)
+        ]
+
+    def _window_context(self, first_frame: int, num_frames: int) -> RollingWindowContext:
+        rope = self.rotary(first_frame, num_frames)
+        if first_frame == 0:
+            return RollingWindowContext(self.cache, rope)
+        budget = self.options.attention_frames - num_frames - self.options.sink_frames
+        recent_start = self.cache.recent_start(budget)
+        shown = [f for f in self.cache.frames if f >= self.options.sink_frames][-budget:] if budget > 0 else []
+        sink_at = (shown[0] if shown else first_frame) - self.options.sink_frames
+        return RollingWindowContext(self.cache, rope, self.rotary(sink_at, self.options.sink_frames), recent_start)
+
+    def _write_cache(self, block: int, x0: torch.Tensor) -> None:
+        """Store ``block``'s clean K/V (rewriting it if it is already the newest cached block)."""
+        fpb = self.frames_per_block
+        frame_start = block * fpb
+        self.cache.drop_from(frame_start)
+        self.cache.evict_to(self.options.cache_frames - fpb)
+        stores_sink = block == 0
+        span = self.options.attention_frames
+        cached = len(self.cache.frames)
+        sink_rope = None
+        if not stores_sink and cached + fpb <= span:
+            sink_rope = self.rotary(0, self.options.sink_frames)
+        span_start = self.cache.recent_start(span - fpb)
+        context = RollingWriteContext(self.cache, self.rotary(frame_start, fpb), stores_sink, sink_rope, span_start)
+        timesteps = torch.full(x0.shape[:2], self.options.context_noise, dtype=torch.float32, device=x0.device)
+        self.call(x0, timesteps, frame_start, context)
+        self.cache.commit(frame_start, fpb)
