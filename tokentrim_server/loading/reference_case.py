@@ -1,0 +1,68 @@
+"""Reference cases recorded from the official pipelines (see ``shared/reference/README.md``).
+
+A case folder holds ``config.json`` (original Wan format), ``checkpoint.pt`` (a distilled checkpoint),
+``case.json`` (pipeline options) and ``tensors.safetensors`` (prompt embeddings, keyed noise, expected
+latents). Loading goes through the same code a user's real checkpoint goes through.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file
+
+from tokentrim_server.loading.checkpoints import build_transformer, load_weights, normalize_keys, read_state_dict
+from tokentrim_server.loading.checkpoints import read_transformer_config
+from tokentrim_server.models.causal_wan import CausalWanTransformer
+from tokentrim_server.pipelines.noise import ReplayNoise
+from tokentrim_server.pipelines.registry import Pipeline, build_pipeline
+
+# case.json keys that describe the run rather than pipeline options.
+_RUN_KEYS = {"pipeline", "num_latent_frames", "latent_shape", "text_len", "checkpoint_key", "dtype", "tolerance"}
+
+
+@dataclass
+class ReferenceCase:
+    name: str
+    case: dict
+    tensors: dict[str, torch.Tensor]
+    model: CausalWanTransformer
+
+    @property
+    def tolerance(self) -> float:
+        return float(self.case["tolerance"])
+
+    @property
+    def num_blocks(self) -> int:
+        return self.case["num_latent_frames"] // self.case["frames_per_block"]
+
+    def pipeline(self) -> Pipeline:
+        options = {k: v for k, v in self.case.items() if k not in _RUN_KEYS}
+        if self.case["pipeline"] == "rolling_forcing":
+            options.pop("sink_frames", None)  # the sink is the first block by construction
+        return build_pipeline(self.case["pipeline"], self.model, options)
+
+    def open(self, pipeline: Pipeline | None = None):  # noqa: ANN201 - the pipeline's stream type
+        pipeline = pipeline or self.pipeline()
+        shape = tuple(self.case["latent_shape"])
+        return pipeline.open(self.tensors["prompt_embeds"], shape, ReplayNoise(self.tensors), self.num_blocks)
+
+    def run(self) -> torch.Tensor:
+        """All chunks of the case concatenated: ``[1, F, C, H, W]``."""
+        return torch.cat([chunk.latents for chunk in self.open()], dim=1)
+
+
+def load_case(folder: str | Path, checkpoint_key: str | None = None) -> ReferenceCase:
+    """Load a case; ``checkpoint_key`` overrides the weight set named in ``case.json``."""
+    folder = Path(folder)
+    case = json.loads((folder / "case.json").read_text())
+    if checkpoint_key is not None:
+        case["checkpoint_key"] = checkpoint_key
+    config, text_len = read_transformer_config(folder / "config.json")
+    base = build_transformer(config)
+    load_weights(base, normalize_keys(read_state_dict(folder / "checkpoint.pt", case.get("checkpoint_key"))))
+    model = CausalWanTransformer(base, int(case.get("text_len", text_len)))
+    return ReferenceCase(folder.name, case, load_file(str(folder / "tensors.safetensors")), model.eval())
