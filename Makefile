@@ -1,0 +1,37 @@
+# make test: create .venv if missing, install everything (torch==2.13.0 first), lint, run the tests.
+# make demo: generate a short video with the embedded tiny model into out/demo.mp4.
+VENV ?= .venv
+PYTHON := $(VENV)/bin/python
+PIP := $(PYTHON) -m pip
+STAMP := $(VENV)/.installed
+PLUGINS := $(wildcard plugins/*/pyproject.toml)
+PYTEST_ARGS ?=
+
+.PHONY: install test lint demo bench clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml $(PLUGINS)
+	test -x $(PYTHON) || python3 -m venv $(VENV)
+	$(PIP) install -q --upgrade pip
+	# torch first, pinned: an unpinned resolve would pull the CUDA build and gigabytes of packages.
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e '.[dev]'
+	for plugin in $(dir $(PLUGINS)); do $(PIP) install -q --no-build-isolation -e $$plugin || exit 1; done
+	touch $(STAMP)
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+
+test: lint
+	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(PYTHON) -m tokentrim_server.cli.generate --model tiny --prompt "a red car drives along the beach at sunset" \
+		--chunks 4 --out out/demo.mp4
+
+bench: $(STAMP)
+	$(PYTHON) benchmarks/engine.py
+
+clean:
+	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,0 +1,66 @@
+"""``tokentrim-generate``: stream a prompt through a pipeline into an mp4, chunk by chunk, in process."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+from tokentrim_server.cli.options import add_model_arguments, model_spec, parse_option
+from tokentrim_server.loading.model import load_model
+from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
+from tokentrim_server.pipelines.noise import SeededNoise
+from tokentrim_server.pipelines.registry import PIPELINES, build_pipeline
+from tokentrim_server.video import Mp4Writer
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="tokentrim-generate", description=__doc__)
+    parser.add_argument("--prompt", required=True, help="text prompt")
+    parser.add_argument("--out", default="out/video.mp4", help="output mp4 path (default: %(default)s)")
+    parser.add_argument("--pipeline", default="self_forcing", choices=sorted(PIPELINES))
+    parser.add_argument("--chunks", type=int, default=4, help="chunks (blocks) to generate (default: %(default)s)")
+    parser.add_argument("--height", type=int, default=None, help="frame height (default: 480, tiny model 128)")
+    parser.add_argument("--width", type=int, default=None, help="frame width (default: 832, tiny model 128)")
+    parser.add_argument("--seed", type=int, default=0, help="noise seed: the same seed gives the same video")
+    parser.add_argument("--fps", type=int, default=16, help="frame rate of the mp4 (default: %(default)s)")
+    parser.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
+                        help="pipeline option, repeatable (e.g. local_attn_frames=12, sink_frames=3)")
+    add_model_arguments(parser)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.chunks <= 0:
+        raise SystemExit("--chunks must be > 0")
+    bundle = load_model(model_spec(args))
+    default_size = (128, 128) if args.model == "tiny" else (480, 832)
+    height, width = args.height or default_size[0], args.width or default_size[1]
+    latent_shape = bundle.latent_shape(height, width)
+    pipeline = build_pipeline(args.pipeline, bundle.transformer, dict(args.option))
+    prompt = bundle.prompt_encoder.encode(args.prompt).to(bundle.transformer.device)
+    stream = pipeline.open(prompt, latent_shape, SeededNoise(args.seed), num_blocks=args.chunks)
+    decoder = StreamingVaeDecoder(bundle.vae)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    frames_total = 0
+    with Mp4Writer(args.out, fps=args.fps) as writer:
+        for chunk in stream:
+            frames = frames_to_uint8(decoder.decode_chunk(chunk.latents))[0]
+            writer.write(frames)
+            frames_total += frames.shape[0]
+            elapsed = time.perf_counter() - started
+            print(
+                f"chunk {chunk.index + 1}/{args.chunks}: {frames_total} frames, "
+                f"{frames_total / elapsed:.1f} frames/s",
+                file=sys.stderr,
+            )
+    stream.close()
+    print(f"wrote {frames_total} frames ({width}x{height}) to {args.out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
