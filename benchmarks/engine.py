@@ -92,7 +92,7 @@ def run(args: argparse.Namespace) -> list[dict]:
         for index in range(args.warmup + args.chunks):
             chunk, seconds = _timed(stream.next_chunk, device)
             decoded, decode_seconds = (None, 0.0) if args.no_decode else _timed(
-                lambda c=chunk: decoder.decode_chunk(c.latents), device
+                lambda c=chunk, d=decoder: d.decode_chunk(c.latents), device
             )
             if first_frame is None:
                 first_frame = time.perf_counter() - opened

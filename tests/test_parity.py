@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import pytest
-import torch
 from conftest import parity_params
 
 from tokentrim_server.loading.reference_case import load_case

@@ -14,7 +14,6 @@ Rolling Forcing, CausVid, LongLive) or a plain safetensors file. Nothing is ever
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,6 +29,7 @@ from tokentrim_server.loading.checkpoints import (
     read_transformer_config,
 )
 from tokentrim_server.loading.components import load_text_encoder, load_vae
+from tokentrim_server.loading.folder_settings import read_text_len
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.models.text_encoder import PromptEncoder
 from tokentrim_server.models.tiny import build_tiny_components
@@ -37,9 +37,6 @@ from tokentrim_server.models.tiny import build_tiny_components
 ORIGINAL_VAE = "Wan2.1_VAE.pth"
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_TOKENIZER = "google/umt5-xxl"
-DEFAULT_TEXT_LEN = 512
-# Optional file in a model folder that records settings diffusers configs have no field for.
-SETTINGS_FILE = "tokentrim.json"
 
 
 @dataclass(frozen=True)
@@ -98,7 +95,7 @@ def load_model(spec: ModelSpec) -> ModelBundle:
         root = Path(spec.model)
         if not root.is_dir():
             raise FileNotFoundError(f"model folder not found: {root} (use 'tiny' for the embedded model)")
-        text_len = _text_len(root)
+        text_len = read_text_len(root)
         if (root / "transformer").is_dir():
             base = WanTransformer3DModel.from_pretrained(root / "transformer", local_files_only=True)
             vae = load_vae(root)
@@ -114,7 +111,9 @@ def load_model(spec: ModelSpec) -> ModelBundle:
     base = _cast(base, dtype).to(device).eval().requires_grad_(False)
     transformer = CausalWanTransformer(base, text_len, spec.attention_backend)
     encoder.text_encoder.to(device=device, dtype=dtype)
-    vae = vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
+    if vae.dtype != dtype:  # only cast when needed: diffusers warns on every dtype cast of the VAE
+        vae = vae.to(dtype)
+    vae = vae.to(device).eval().requires_grad_(False)
     return ModelBundle(spec.model, transformer, vae, encoder)
 
 
@@ -144,16 +143,6 @@ def _original_transformer(root: Path, needs_weights: bool) -> WanTransformer3DMo
             state.update(read_state_dict(shard))
         load_weights(base, normalize_keys(state))
     return base
-
-
-def _text_len(root: Path) -> int:
-    settings = root / SETTINGS_FILE
-    if settings.is_file():
-        return int(json.loads(settings.read_text()).get("text_len", DEFAULT_TEXT_LEN))
-    config = root / "config.json"
-    if config.is_file():
-        return int(json.loads(config.read_text()).get("text_len", DEFAULT_TEXT_LEN))
-    return DEFAULT_TEXT_LEN
 
 
 def _required(path: Path) -> Path:

@@ -14,8 +14,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from tokentrim_server.loading.checkpoints import build_transformer, load_weights, normalize_keys, read_state_dict
-from tokentrim_server.loading.checkpoints import read_transformer_config
+from tokentrim_server.loading.checkpoints import (
+    build_transformer,
+    load_weights,
+    normalize_keys,
+    read_state_dict,
+    read_transformer_config,
+)
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.pipelines.noise import ReplayNoise
 from tokentrim_server.pipelines.registry import Pipeline, build_pipeline
@@ -45,7 +50,7 @@ class ReferenceCase:
             options.pop("sink_frames", None)  # the sink is the first block by construction
         return build_pipeline(self.case["pipeline"], self.model, options)
 
-    def open(self, pipeline: Pipeline | None = None):  # noqa: ANN201 - the pipeline's stream type
+    def open(self, pipeline: Pipeline | None = None):
         pipeline = pipeline or self.pipeline()
         shape = tuple(self.case["latent_shape"])
         return pipeline.open(self.tensors["prompt_embeds"], shape, ReplayNoise(self.tensors), self.num_blocks)

@@ -1,0 +1,165 @@
+"""Tiny random-weight Wan components, built from code and seeded: the "tiny" model.
+
+Tests and the embedded demo need every stage of the real pipeline (tokenizer, UMT5 encoder, Wan
+transformer, Wan VAE) without downloading anything. These components keep the real architectures and
+interfaces (16 latent channels, 8x spatial / 4x temporal VAE compression, patch (1, 2, 2)) at a size that
+runs in milliseconds on a CPU, and can be written as a diffusers-format folder laid out like
+``Wan2.1-T2V-1.3B-Diffusers`` so folder-loading code paths are exercised too.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import diffusers
+import torch
+from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
+from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
+from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
+
+from tokentrim_server.loading.folder_settings import write_settings
+from tokentrim_server.models.text_encoder import PromptEncoder
+
+TINY_TEXT_LEN = 16
+TINY_TEXT_DIM = 32
+
+# T5 conventions: <pad> is 0 (UMT5's decoder start / padding id), </s> is 1 and ends every sequence.
+PAD_TOKEN, EOS_TOKEN, UNK_TOKEN = "<pad>", "</s>", "<unk>"
+_SPECIAL_TOKENS = (PAD_TOKEN, EOS_TOKEN, UNK_TOKEN)
+# Enough everyday prompt words that demo prompts map mostly to real ids instead of <unk>.
+_WORD_TEXT = """
+a an the of in on at with and to from by over under near into is are
+cat dog bird fish horse person man woman child car boat train tree flower house city
+street beach ocean sea river lake forest mountain sky sun moon cloud rain snow fire water
+red orange yellow green blue purple black white golden bright dark small big slow fast
+runs walks flies swims drives sits jumps dances waves shines falls moves looks plays
+sunset night day morning light shadow camera view close up aerial cinematic video
+"""
+_WORDS = (*_WORD_TEXT.split(), ".", ",", "!", "?", "-", "'")
+
+
+@dataclass
+class TinyComponents:
+    """The pieces of a tiny Wan T2V model; ``text_len`` is the tokeniser length its pipeline uses."""
+
+    transformer: WanTransformer3DModel
+    vae: AutoencoderKLWan
+    text_encoder: UMT5EncoderModel
+    tokenizer: PreTrainedTokenizerFast
+    text_len: int = TINY_TEXT_LEN
+
+    def prompt_encoder(self) -> PromptEncoder:
+        return PromptEncoder(self.tokenizer, self.text_encoder, text_len=self.text_len)
+
+
+def tiny_transformer_config() -> dict[str, Any]:
+    """``WanTransformer3DModel`` kwargs: 4 heads x 32 = dim 128, 2 layers, Wan 2.1 T2V otherwise."""
+    return {
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": 4,
+        "attention_head_dim": 32,
+        "in_channels": 16,
+        "out_channels": 16,
+        "text_dim": TINY_TEXT_DIM,
+        "freq_dim": 256,
+        "ffn_dim": 256,
+        "num_layers": 2,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": 1e-6,
+        "rope_max_seq_len": 1024,
+    }
+
+
+def tiny_vae_config() -> dict[str, Any]:
+    """``AutoencoderKLWan`` kwargs: the Wan 2.1 layout with base_dim 4 instead of 96.
+
+    ``dim_mult`` and ``num_res_blocks`` stay as in Wan 2.1 because diffusers' converter from the original
+    VAE file hard-codes that block layout; base_dim 4 keeps the whole tiny folder under 5 MB.
+    """
+    return {"base_dim": 4, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2}
+
+
+def tiny_text_encoder_config(vocab_size: int) -> UMT5Config:
+    """A 2-layer UMT5 encoder with ``d_model`` equal to the tiny transformer's ``text_dim``."""
+    return UMT5Config(
+        vocab_size=vocab_size,
+        d_model=TINY_TEXT_DIM,
+        d_kv=8,
+        d_ff=64,
+        num_layers=2,
+        num_heads=4,
+        relative_attention_num_buckets=32,
+        relative_attention_max_distance=128,
+        feed_forward_proj="gated-gelu",
+        dropout_rate=0.0,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+    )
+
+
+def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
+    """A lower-casing word-level tokenizer that pads with id 0 and appends ``</s>`` like T5."""
+    vocab = {token: index for index, token in enumerate((*_SPECIAL_TOKENS, *_WORDS))}
+    backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
+    backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    eos = (EOS_TOKEN, vocab[EOS_TOKEN])
+    backend.post_processor = processors.TemplateProcessing(
+        single=f"$A {EOS_TOKEN}", pair=f"$A {EOS_TOKEN} $B {EOS_TOKEN}", special_tokens=[eos]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=backend,
+        pad_token=PAD_TOKEN,
+        eos_token=EOS_TOKEN,
+        unk_token=UNK_TOKEN,
+        model_max_length=TINY_TEXT_LEN,
+    )
+
+
+def build_tiny_components(seed: int = 0) -> TinyComponents:
+    """Build all tiny components with weights drawn from ``seed``, leaving the global RNG untouched."""
+    tokenizer = build_tiny_tokenizer()
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**tiny_transformer_config())
+        vae = AutoencoderKLWan(**tiny_vae_config())
+        text_encoder = UMT5EncoderModel(tiny_text_encoder_config(len(tokenizer)))
+    return TinyComponents(
+        transformer=transformer.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval(),
+        tokenizer=tokenizer,
+    )
+
+
+def tiny_scheduler() -> FlowMatchEulerDiscreteScheduler:
+    """Flow-matching schedule with Self Forcing's timestep shift of 5."""
+    return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
+
+
+def save_tiny_model_folder(path: str | Path, seed: int = 0) -> Path:
+    """Write the tiny model as a diffusers folder shaped like ``Wan2.1-T2V-1.3B-Diffusers``; returns it."""
+    root = Path(path)
+    root.mkdir(parents=True, exist_ok=True)
+    components = build_tiny_components(seed)
+    # name -> (library, class name written to model_index.json, object to save). The tokenizer is named by
+    # its public alias, which every transformers version can import, not by its v5 backend class.
+    parts: dict[str, tuple[str, str, Any]] = {
+        "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler", tiny_scheduler()),
+        "text_encoder": ("transformers", "UMT5EncoderModel", components.text_encoder),
+        "tokenizer": ("transformers", "PreTrainedTokenizerFast", components.tokenizer),
+        "transformer": ("diffusers", "WanTransformer3DModel", components.transformer),
+        "vae": ("diffusers", "AutoencoderKLWan", components.vae),
+    }
+    model_index: dict[str, Any] = {"_class_name": "WanPipeline", "_diffusers_version": diffusers.__version__}
+    for name, (library, class_name, part) in parts.items():
+        part.save_pretrained(root / name)
+        model_index[name] = [library, class_name]
+    (root / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
+    write_settings(root, components.text_len)
+    return root
