@@ -1,0 +1,199 @@
+"""What every policy-driven runner shares: the session handshake, timed policy calls, the regeneration loop."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import TypeVar
+
+import torch
+
+from tokentrim_server.engine.report import ChunkReport, ChunkResult
+from tokentrim_server.pipelines.base import Chunk, StreamBase
+from tokentrim_server.pipelines.noise import SeededNoise
+from tokentrim_server.policies.base import AcceptedChunk, CachePolicy, Candidate, Decision, SessionInfo, Stage
+from tokentrim_server.policies.handle import CacheHandle
+from tokentrim_server.policies.summary import latent_summary
+
+T = TypeVar("T")
+
+
+@dataclass
+class ChunkLog:
+    """Mutable bookkeeping of one chunk while it is being selected."""
+
+    decision: Decision | None = None
+    summary: torch.Tensor | None = None
+    triggered: bool = False
+    regenerations: int = 0
+    removed: int = 0
+    before: tuple[int, int] = (0, 0)  # committed (tokens, bytes)
+    after: tuple[int, int] | None = None  # after the last removal
+    decision_seconds: float = 0.0
+    policy_seconds: float = 0.0
+    started: float = field(default_factory=time.perf_counter)
+
+
+class PolicyRunner:
+    """Drives one pipeline stream under one policy instance; iterate it for :class:`ChunkResult` s.
+
+    ``seed`` is the session seed a policy may use for its own randomness (default: the stream's
+    :class:`SeededNoise` seed, else ``None``).
+    """
+
+    pipeline_name = ""
+
+    def __init__(self, stream: StreamBase, policy: CachePolicy, seed: int | None = None) -> None:
+        self.stream = stream
+        self.policy = policy
+        self.cache = CacheHandle(stream.cache)
+        self._previous: torch.Tensor | None = None  # accepted summary at the policy's stage
+        self._closed = False
+        if seed is None and isinstance(stream.noise, SeededNoise):
+            seed = stream.noise.seed
+        self.session = SessionInfo(
+            pipeline=self.pipeline_name,
+            seed=seed,
+            batch=stream.batch,
+            frames_per_block=stream.frames_per_block,
+            tokens_per_frame=stream.tokens_per_frame,
+            sink_frames=stream.cache.sink_frames,
+            latent_shape=tuple(stream.block_shape[2:]),
+            patch_size=stream.model.patch_size,
+        )
+        self._check_stage(policy.stage)
+        started = time.perf_counter()
+        policy.start(self.session)
+        self.start_seconds = time.perf_counter() - started
+
+    # ------------------------------------------------------------------ iteration
+    def __iter__(self) -> Iterator[ChunkResult]:
+        return self
+
+    def __next__(self) -> ChunkResult:
+        if self._closed or self.stream.done:
+            raise StopIteration
+        return self.next_chunk()
+
+    def __enter__(self) -> PolicyRunner:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def next_chunk(self) -> ChunkResult:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        """End the policy's session and free the stream's cache (idempotent)."""
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            self.policy.end()
+        finally:
+            self.stream.close()
+
+    # ------------------------------------------------------------------ for subclasses
+    def _check_stage(self, stage: Stage | None) -> None:
+        if stage not in (None, "first_step", "final"):
+            raise ValueError(f"cache policy {self.policy.name!r} asks for an unknown stage {stage!r}")
+
+    def _select(
+        self,
+        log: ChunkLog,
+        chunk: int,
+        frame_start: int,
+        produce: Callable[[], torch.Tensor],
+        rewind: Callable[[], None],
+    ) -> torch.Tensor:
+        """Produce a candidate, let the policy judge it, prune and regenerate on trigger; returns the accepted one.
+
+        ``rewind`` puts the stream back where ``produce`` starts (same noise, the cache as before the attempt
+        except for what is pruned afterwards).
+        """
+        stage = self.policy.stage
+        assert stage is not None
+        limit = self.policy.max_regenerations
+        latents = produce()
+        while True:
+            summary = self._summarize(log, latents)
+            candidate = Candidate(chunk, frame_start, stage, log.regenerations, latents, summary, self._previous)
+            decision = self._inspect(log, candidate)
+            if not decision.triggered or log.regenerations >= limit:
+                break
+            log.triggered = True
+            rewind()
+            self._prune(log, decision.positions)
+            log.regenerations += 1
+            latents = produce()
+        return latents
+
+    def _accept(self, chunk: Chunk, log: ChunkLog) -> ChunkResult:
+        """Tell the policy about the committed chunk and build its report."""
+        self._previous = log.summary
+        accepted = AcceptedChunk(
+            chunk.index, chunk.frame_start, chunk.latents, log.summary, log.decision, log.regenerations
+        )
+        self._timed(log, self.policy.accepted, accepted)
+        decision = log.decision or Decision()
+        before = log.before
+        after = log.after or before
+        report = ChunkReport(
+            chunk=chunk.index,
+            stage=self.policy.stage,
+            severity=decision.severity,
+            threshold=decision.threshold,
+            triggered=log.triggered,
+            regenerations=log.regenerations,
+            tokens_removed=log.removed,
+            cache_tokens_before=before[0],
+            cache_tokens_after=after[0],
+            cache_bytes_before=before[1],
+            cache_bytes_after=after[1],
+            decision_seconds=log.decision_seconds,
+            policy_seconds=log.policy_seconds,
+            chunk_seconds=time.perf_counter() - log.started,
+        )
+        return ChunkResult(chunk, report)
+
+    # ------------------------------------------------------------------ internals
+    def _summarize(self, log: ChunkLog, latents: torch.Tensor) -> torch.Tensor:
+        started = time.perf_counter()
+        log.summary = latent_summary(latents, self.session.patch_size)
+        elapsed = time.perf_counter() - started
+        log.decision_seconds += elapsed
+        log.policy_seconds += elapsed
+        return log.summary
+
+    def _inspect(self, log: ChunkLog, candidate: Candidate) -> Decision:
+        started = time.perf_counter()
+        decision = self.policy.inspect(candidate, self.cache)
+        elapsed = time.perf_counter() - started
+        log.decision_seconds += elapsed
+        log.policy_seconds += elapsed
+        if not isinstance(decision, Decision):
+            raise TypeError(f"cache policy {self.policy.name!r} returned {type(decision).__name__}, not a Decision")
+        log.decision = decision
+        return decision
+
+    def _prune(self, log: ChunkLog, positions: torch.Tensor | None) -> None:
+        if positions is not None:
+            log.removed += self._timed(log, self.cache.remove_positions, positions)
+        log.after = self._sizes()
+
+    def _timed(self, log: ChunkLog, function: Callable[..., T], *args: object) -> T:
+        started = time.perf_counter()
+        try:
+            return function(*args)
+        finally:
+            log.policy_seconds += time.perf_counter() - started
+
+    def _new_log(self) -> ChunkLog:
+        """Start a chunk's bookkeeping; call where the chunk's context is complete, before its first model call."""
+        return ChunkLog(before=self._sizes())
+
+    def _sizes(self) -> tuple[int, int]:
+        stats = self.cache.stats()
+        return stats.tokens, stats.bytes

@@ -1,0 +1,127 @@
+"""Typed, validated policy parameters and the schema a server lists.
+
+A policy declares its parameters as :class:`Parameter` entries; :func:`validate_params` turns the values a
+session asks for into a complete, checked dict. Every error names the parameter and what it accepts, so a
+client can fix its request without reading the policy's code.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+_TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
+
+
+class ParameterError(ValueError):
+    """A policy parameter that is unknown, of the wrong type or out of its range."""
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One parameter of a policy: ``type`` is one of bool, int, float, str.
+
+    Numeric bounds are inclusive unless marked exclusive; ``None`` means unbounded. ``choices`` restricts a
+    str parameter to a fixed set.
+    """
+
+    name: str
+    type: type
+    default: Any
+    description: str
+    minimum: float | None = None
+    maximum: float | None = None
+    exclusive_minimum: bool = False
+    exclusive_maximum: bool = False
+    choices: tuple[str, ...] | None = None
+
+    def __post_init__(self) -> None:
+        if self.type not in _TYPE_NAMES:
+            raise TypeError(f"parameter {self.name!r}: type must be one of bool, int, float, str; got {self.type}")
+        # A schema whose default fails its own check is a bug in the policy, not in a request.
+        self.validate(self.default)
+
+    @property
+    def allowed(self) -> str:
+        """Human-readable range, e.g. ``(0, 1)``, ``[0, inf)``, ``one of first_step, final``."""
+        if self.choices is not None:
+            return "one of " + ", ".join(self.choices)
+        if self.type not in (int, float):
+            return f"any {_TYPE_NAMES[self.type]}"
+        low = "-inf" if self.minimum is None else _number(self.minimum)
+        high = "inf" if self.maximum is None else _number(self.maximum)
+        left = "(" if self.minimum is None or self.exclusive_minimum else "["
+        right = ")" if self.maximum is None or self.exclusive_maximum else "]"
+        return f"{left}{low}, {high}{right}"
+
+    def validate(self, value: Any) -> Any:
+        """Return ``value`` as this parameter's type, or raise :class:`ParameterError`."""
+        value = self._typed(value)
+        if self.choices is not None and value not in self.choices:
+            raise self._error(value)
+        if self.type in (int, float) and not self._in_range(value):
+            raise self._error(value)
+        return value
+
+    def describe(self) -> dict[str, Any]:
+        """JSON-ready schema entry."""
+        return {
+            "name": self.name,
+            "type": _TYPE_NAMES[self.type],
+            "default": self.default,
+            "minimum": self.minimum,
+            "maximum": self.maximum,
+            "exclusive_minimum": self.exclusive_minimum,
+            "exclusive_maximum": self.exclusive_maximum,
+            "choices": list(self.choices) if self.choices is not None else None,
+            "allowed": self.allowed,
+            "description": self.description,
+        }
+
+    def _typed(self, value: Any) -> Any:
+        # bool is an int subclass in Python; a boolean for a number (or a number for a bool) is a client bug.
+        if self.type is bool:
+            ok = isinstance(value, bool)
+        elif self.type is int:
+            ok = isinstance(value, int) and not isinstance(value, bool)
+        elif self.type is float:
+            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+        else:
+            ok = isinstance(value, str)
+        if not ok:
+            kind = {bool: "a bool", int: "an int", float: "a finite float", str: "a str"}[self.type]
+            raise ParameterError(f"parameter {self.name!r} must be {kind} {self._constraint}; got {value!r}")
+        return float(value) if self.type is float else value
+
+    def _in_range(self, value: float) -> bool:
+        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
+            return False
+        return not (
+            self.maximum is not None and (value >= self.maximum if self.exclusive_maximum else value > self.maximum)
+        )
+
+    def _error(self, value: Any) -> ParameterError:
+        return ParameterError(f"parameter {self.name!r} must be {self._constraint}; got {value!r}")
+
+    @property
+    def _constraint(self) -> str:
+        return self.allowed if self.choices is not None else f"in {self.allowed}"
+
+
+def validate_params(
+    schema: Sequence[Parameter], values: Mapping[str, Any] | None, owner: str = "policy"
+) -> dict[str, Any]:
+    """Check ``values`` against ``schema``; returns every parameter, defaults filled in."""
+    values = dict(values or {})
+    known = {parameter.name: parameter for parameter in schema}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        accepted = ", ".join(known) or "none"
+        raise ParameterError(f"{owner} has no parameter {', '.join(map(repr, unknown))}; it accepts: {accepted}")
+    return {name: parameter.validate(values.get(name, parameter.default)) for name, parameter in known.items()}
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
