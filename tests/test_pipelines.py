@@ -17,6 +17,26 @@ from tokentrim_server.pipelines.schedule import denoising_timesteps
 LATENT = (16, 4, 4)  # 4 tokens per frame: long streams stay cheap
 
 
+def _record_key_lengths(stream) -> list[int]:
+    """Wrap every model call's attention context to record how many keys each layer attends to."""
+    lengths: list[int] = []
+    original_call = stream.call
+
+    def spy(latents, timesteps, frame_start, context):
+        keys_values = context.keys_values
+
+        def record(layer, k, v):
+            keys, values = keys_values(layer, k, v)
+            lengths.append(keys.shape[1])
+            return keys, values
+
+        context.keys_values = record
+        return original_call(latents, timesteps, frame_start, context)
+
+    stream.call = spy
+    return lengths
+
+
 @pytest.fixture(scope="module")
 def model() -> CausalWanTransformer:
     torch.manual_seed(0)
@@ -61,21 +81,7 @@ def test_same_seed_same_video(model, prompt, name) -> None:
 def test_self_forcing_local_window_streams_unbounded_with_its_sink(model, prompt) -> None:
     pipeline = build_pipeline("self_forcing", model, {"local_attn_frames": 9, "sink_frames": 3})
     stream = pipeline.open(prompt, LATENT, SeededNoise(1), num_blocks=None)
-    seen_key_lengths = []
-    original_call = stream.call
-
-    def spy(latents, timesteps, frame_start, context):
-        keys_values = context.keys_values
-
-        def record(layer, k, v):
-            keys, values = keys_values(layer, k, v)
-            seen_key_lengths.append(keys.shape[1])
-            return keys, values
-
-        context.keys_values = record
-        return original_call(latents, timesteps, frame_start, context)
-
-    stream.call = spy
+    seen_key_lengths = _record_key_lengths(stream)
     sink_keys = None
     for chunk in itertools.islice(stream, 6):
         if chunk.index == 0:
@@ -91,21 +97,7 @@ def test_self_forcing_local_window_streams_unbounded_with_its_sink(model, prompt
 def test_rolling_forcing_keeps_its_sink_and_bounds_attention(model, prompt) -> None:
     options = pipeline_options("rolling_forcing")
     stream = build_pipeline("rolling_forcing", model).open(prompt, LATENT, SeededNoise(5), num_blocks=12)
-    seen_key_frames = []
-    original_call = stream.call
-
-    def spy(latents, timesteps, frame_start, context):
-        keys_values = context.keys_values
-
-        def record(layer, k, v):
-            keys, values = keys_values(layer, k, v)
-            seen_key_frames.append(keys.shape[1] / stream.tokens_per_frame)
-            return keys, values
-
-        context.keys_values = record
-        return original_call(latents, timesteps, frame_start, context)
-
-    stream.call = spy
+    seen_key_lengths = _record_key_lengths(stream)
     sink_keys = None
     chunks = []
     for chunk in stream:
@@ -119,7 +111,7 @@ def test_rolling_forcing_keeps_its_sink_and_bounds_attention(model, prompt) -> N
     for layer in range(2):
         keys, values = stream.cache.committed(layer, 0, 3 * stream.tokens_per_frame)
         assert torch.equal(keys, sink_keys[layer][0]) and torch.equal(values, sink_keys[layer][1])
-    assert max(seen_key_frames) <= options.attention_frames
+    assert max(seen_key_lengths) <= options.attention_frames * stream.tokens_per_frame
 
 
 def test_bad_options_name_the_field(model, prompt) -> None:

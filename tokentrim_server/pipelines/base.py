@@ -15,7 +15,7 @@ from tokentrim_server.models.causal_wan import (
     TextContext,
 )
 from tokentrim_server.pipelines.noise import NoiseSource
-from tokentrim_server.pipelines.schedule import add_noise
+from tokentrim_server.pipelines.schedule import add_noise, denoising_timesteps
 
 
 @dataclass
@@ -53,14 +53,16 @@ class StreamBase:
 
     def __init__(
         self,
-        model: CausalWanTransformer,
+        pipeline: PipelineBase,
         text: TextContext,
         latent_shape: tuple[int, int, int],
         noise: NoiseSource,
         num_blocks: int | None,
-        frames_per_block: int,
-        sink_frames: int,
     ) -> None:
+        model = pipeline.model
+        self.options = pipeline.options
+        self.timesteps = pipeline.timesteps
+        frames_per_block = self.options.frames_per_block
         self.model = model
         self.text = text
         self.noise = noise
@@ -69,7 +71,7 @@ class StreamBase:
         self.batch = text.keys[0].shape[0]
         self.block_shape = (self.batch, frames_per_block, *latent_shape)
         self.tokens_per_frame = model.tokens_per_frame(latent_shape[1], latent_shape[2])
-        self.cache = KVCache(model.num_layers, self.tokens_per_frame, sink_frames)
+        self.cache = KVCache(model.num_layers, self.tokens_per_frame, self.options.sink_frames)
         self.emitted = 0
 
     def __iter__(self) -> Iterator[Chunk]:
@@ -113,3 +115,38 @@ class StreamBase:
         _, ph, pw = self.model.patch_size
         geo = ChunkGeometry(frame_start, num_frames, height // ph, width // pw)
         return self.model.rotary(geo, self.model.device)
+
+
+class PipelineBase:
+    """A named pipeline over one model: validated options, its warped timesteps, and ``open`` for sessions.
+
+    Subclasses set ``name``, ``options_class`` and ``stream_class``; options provide ``validate()`` and
+    ``check_unbounded()`` (raising when the pipeline cannot stream without end under those options).
+    """
+
+    name = ""
+    options_class: type
+    stream_class: type[StreamBase]
+
+    def __init__(self, model: CausalWanTransformer, options: object | None = None) -> None:
+        self.model = model
+        self.options = options or self.options_class()
+        self.options.validate()
+        self.timesteps = denoising_timesteps(
+            self.options.denoising_steps, self.options.timestep_shift, self.options.warp_denoising_step
+        )
+
+    def open(
+        self,
+        prompt_embeds: torch.Tensor,
+        latent_shape: tuple[int, int, int],
+        noise: NoiseSource,
+        num_blocks: int | None = None,
+    ) -> StreamBase:
+        """Start a session from prompt embeddings ``[B, L, text_dim]``; ``num_blocks=None`` never ends."""
+        check_latent_shape(latent_shape, self.model.config.in_channels, self.model.patch_size)
+        if num_blocks is not None:
+            check_positive("num_blocks", num_blocks)
+        else:
+            self.options.check_unbounded()
+        return self.stream_class(self, self.model.encode_text(prompt_embeds), latent_shape, noise, num_blocks)

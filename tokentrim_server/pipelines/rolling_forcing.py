@@ -16,9 +16,7 @@ from dataclasses import dataclass
 import torch
 
 from tokentrim_server.cache.contexts import RollingWindowContext, RollingWriteContext
-from tokentrim_server.models.causal_wan import CausalWanTransformer
-from tokentrim_server.pipelines.base import Chunk, StreamBase, check_latent_shape, check_positive
-from tokentrim_server.pipelines.noise import NoiseSource
+from tokentrim_server.pipelines.base import Chunk, PipelineBase, StreamBase, check_positive
 from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
 
 
@@ -42,6 +40,9 @@ class RollingForcingOptions:
     @property
     def window_frames(self) -> int:
         return self.frames_per_block * len(self.denoising_steps)
+
+    def check_unbounded(self) -> None:
+        """Rolling Forcing always streams without end: its window and cache roll."""
 
     def validate(self) -> None:
         check_positive("frames_per_block", self.frames_per_block)
@@ -69,41 +70,11 @@ class _Block:
     noisy: torch.Tensor
 
 
-class RollingForcingPipeline:
-    name = "rolling_forcing"
-
-    def __init__(self, model: CausalWanTransformer, options: RollingForcingOptions | None = None) -> None:
-        self.model = model
-        self.options = options or RollingForcingOptions()
-        self.options.validate()
-        self.timesteps = denoising_timesteps(
-            self.options.denoising_steps, self.options.timestep_shift, self.options.warp_denoising_step
-        )
-
-    def open(
-        self,
-        prompt_embeds: torch.Tensor,
-        latent_shape: tuple[int, int, int],
-        noise: NoiseSource,
-        num_blocks: int | None = None,
-    ) -> RollingForcingStream:
-        """Start a stream; ``num_blocks=None`` streams for ever."""
-        check_latent_shape(latent_shape, self.model.config.in_channels, self.model.patch_size)
-        if num_blocks is not None:
-            check_positive("num_blocks", num_blocks)
-        return RollingForcingStream(self, self.model.encode_text(prompt_embeds), latent_shape, noise, num_blocks)
-
-
 class RollingForcingStream(StreamBase):
     """One Rolling Forcing session; each :meth:`next_chunk` runs windows until a block is final."""
 
-    def __init__(self, pipeline: RollingForcingPipeline, text, latent_shape, noise, num_blocks) -> None:
-        options = pipeline.options
-        super().__init__(
-            pipeline.model, text, latent_shape, noise, num_blocks, options.frames_per_block, options.sink_frames
-        )
-        self.options = options
-        self.timesteps = pipeline.timesteps
+    def __init__(self, pipeline: PipelineBase, text, latent_shape, noise, num_blocks) -> None:  # noqa: ANN001
+        super().__init__(pipeline, text, latent_shape, noise, num_blocks)
         self.window: list[_Block] = []
         self.next_block = 0
 
@@ -177,3 +148,9 @@ class RollingForcingStream(StreamBase):
         timesteps = torch.full(x0.shape[:2], self.options.context_noise, dtype=torch.float32, device=x0.device)
         self.call(x0, timesteps, frame_start, context)
         self.cache.commit(frame_start, fpb)
+
+
+class RollingForcingPipeline(PipelineBase):
+    name = "rolling_forcing"
+    options_class = RollingForcingOptions
+    stream_class = RollingForcingStream

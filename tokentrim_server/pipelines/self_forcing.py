@@ -14,9 +14,7 @@ from dataclasses import dataclass
 import torch
 
 from tokentrim_server.cache.contexts import BlockCausalContext
-from tokentrim_server.models.causal_wan import CausalWanTransformer
-from tokentrim_server.pipelines.base import Chunk, StreamBase, check_latent_shape, check_positive
-from tokentrim_server.pipelines.noise import NoiseSource
+from tokentrim_server.pipelines.base import Chunk, PipelineBase, StreamBase, check_positive
 from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
 
 
@@ -51,44 +49,14 @@ class SelfForcingOptions:
     def unbounded(self) -> bool:
         return self.local_attn_frames != -1
 
-
-class SelfForcingPipeline:
-    name = "self_forcing"
-
-    def __init__(self, model: CausalWanTransformer, options: SelfForcingOptions | None = None) -> None:
-        self.model = model
-        self.options = options or SelfForcingOptions()
-        self.options.validate()
-        self.timesteps = denoising_timesteps(
-            self.options.denoising_steps, self.options.timestep_shift, self.options.warp_denoising_step
-        )
-
-    def open(
-        self,
-        prompt_embeds: torch.Tensor,
-        latent_shape: tuple[int, int, int],
-        noise: NoiseSource,
-        num_blocks: int | None = None,
-    ) -> SelfForcingStream:
-        """Start a stream; ``num_blocks=None`` streams for ever (local mode only)."""
-        check_latent_shape(latent_shape, self.model.config.in_channels, self.model.patch_size)
-        if num_blocks is not None:
-            check_positive("num_blocks", num_blocks)
-        elif not self.options.unbounded:
+    def check_unbounded(self) -> None:
+        if not self.unbounded:
             raise ValueError("an unbounded stream needs local attention (local_attn_frames != -1)")
-        return SelfForcingStream(self, self.model.encode_text(prompt_embeds), latent_shape, noise, num_blocks)
 
 
 class SelfForcingStream(StreamBase):
     """One Self Forcing session. ``next_chunk`` = prepare_block, first_step, finish, commit."""
 
-    def __init__(self, pipeline: SelfForcingPipeline, text, latent_shape, noise, num_blocks) -> None:
-        options = pipeline.options
-        super().__init__(
-            pipeline.model, text, latent_shape, noise, num_blocks, options.frames_per_block, options.sink_frames
-        )
-        self.options = options
-        self.timesteps = pipeline.timesteps
 
     @property
     def block(self) -> int:
@@ -134,3 +102,9 @@ class SelfForcingStream(StreamBase):
         context = BlockCausalContext(self.cache, self.rotary(self.frame_start, self.frames_per_block))
         timesteps = torch.full(latents.shape[:2], timestep, device=latents.device, dtype=torch.float32)
         return self.call(latents, timesteps, self.frame_start, context)
+
+
+class SelfForcingPipeline(PipelineBase):
+    name = "self_forcing"
+    options_class = SelfForcingOptions
+    stream_class = SelfForcingStream
