@@ -73,7 +73,7 @@ class _Block:
 class RollingForcingStream(StreamBase):
     """One Rolling Forcing session; each :meth:`next_chunk` runs windows until a block is final."""
 
-    def __init__(self, pipeline: PipelineBase, text, latent_shape, noise, num_blocks) -> None:  # noqa: ANN001
+    def __init__(self, pipeline: PipelineBase, text, latent_shape, noise, num_blocks) -> None:
         super().__init__(pipeline, text, latent_shape, noise, num_blocks)
         self.window: list[_Block] = []
         self.next_block = 0
