@@ -63,3 +63,18 @@ def test_generate_cli_writes_a_playable_mp4(tmp_path) -> None:
         frames = list(container.decode(video=0))
     assert len(frames) == 9 + 12
     assert (frames[0].width, frames[0].height) == (32, 32)
+
+
+def test_bfloat16_keeps_float32_modules_and_tracks_float32() -> None:
+    """The GPU dtype path, run on the CPU: fp32-only modules stay fp32 and the latents stay close."""
+    results = {}
+    for dtype in ("float32", "bfloat16"):
+        bundle = load_model(ModelSpec(dtype=dtype))
+        embeds = bundle.prompt_encoder.encode("a red car").to(bundle.transformer.dtype)
+        results[dtype] = _first_chunk(bundle, embeds).float()
+    base = bundle.transformer.base
+    assert base.patch_embedding.weight.dtype == torch.bfloat16
+    assert base.blocks[0].scale_shift_table.dtype == torch.float32
+    assert base.condition_embedder.time_embedder.linear_1.weight.dtype == torch.float32
+    error = (results["float32"] - results["bfloat16"]).abs().mean() / results["float32"].abs().mean()
+    assert error < 0.02
