@@ -11,11 +11,13 @@ PYTEST_ARGS ?=
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml $(PLUGINS)
+$(STAMP): pyproject.toml proto/python/pyproject.toml clients/python/pyproject.toml $(PLUGINS)
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: an unpinned resolve would pull the CUDA build and gigabytes of packages.
 	$(PIP) install -q torch==2.13.0
+	# The generated API stubs and the client first: the server depends on the first, the tests on both.
+	$(PIP) install -q -e proto/python -e clients/python
 	$(PIP) install -q -e '.[dev]'
 	for plugin in $(dir $(PLUGINS)); do $(PIP) install -q -e $$plugin || exit 1; done
 	touch $(STAMP)

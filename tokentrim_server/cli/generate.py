@@ -36,8 +36,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.chunks <= 0:
         raise SystemExit("--chunks must be > 0")
     bundle = load_model(model_spec(args))
-    default_size = (128, 128) if args.model == "tiny" else (480, 832)
-    height, width = args.height or default_size[0], args.width or default_size[1]
+    height, width = args.height or bundle.default_size[0], args.width or bundle.default_size[1]
     latent_shape = bundle.latent_shape(height, width)
     pipeline = build_pipeline(args.pipeline, bundle.transformer, dict(args.option))
     prompt = bundle.prompt_encoder.encode(args.prompt).to(bundle.transformer.device)

@@ -66,6 +66,11 @@ class ModelBundle:
     prompt_encoder: PromptEncoder
 
     @property
+    def default_size(self) -> tuple[int, int]:
+        """Frame ``(height, width)`` when none is asked for: Wan 2.1's 480x832, 128x128 for the tiny model."""
+        return (128, 128) if self.name == "tiny" else (480, 832)
+
+    @property
     def spatial_scale(self) -> int:
         return 2 ** len(self.vae.config.temperal_downsample)
 

@@ -107,6 +107,9 @@ class RollingForcingStream(StreamBase):
         self.emitted += 1
         return Chunk(oldest.index, oldest.index * self.frames_per_block, x0[0])
 
+    def rewrite_chunk(self, chunk: Chunk) -> None:
+        self._write_cache(chunk.index, chunk.latents)
+
     # ------------------------------------------------------------------ model calls
     def _denoise_window(self) -> list[torch.Tensor]:
         """One call over the whole window; returns each block's x0 prediction."""

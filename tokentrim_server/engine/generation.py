@@ -1,0 +1,135 @@
+"""One streaming session on the device: pipeline stream, policy runner, hooks, prompt switches and decoding.
+
+Everything here runs on the device worker's thread (see :mod:`tokentrim_server.engine.worker`); the only
+method safe to call from another thread is :meth:`GenerationSession.request_prompt_change`, which leaves
+the new prompt for the next chunk boundary.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from tokentrim_server.engine.chunk_runner import open_runner
+from tokentrim_server.engine.report import ChunkResult
+from tokentrim_server.hooks import SessionHook
+from tokentrim_server.loading.model import ModelBundle
+from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
+from tokentrim_server.pipelines.base import Chunk
+from tokentrim_server.pipelines.noise import SeededNoise
+from tokentrim_server.pipelines.registry import PIPELINES
+from tokentrim_server.policies.base import CachePolicy
+
+
+@dataclass(frozen=True)
+class SessionPlan:
+    """A validated session request, ready to run on a model."""
+
+    prompt: str
+    seed: int
+    pipeline: str
+    options: Any  # the pipeline's options dataclass
+    chunks: int | None  # None: until stopped or the server's length limit
+    height: int
+    width: int
+    policy: CachePolicy
+    hooks: Sequence[SessionHook] = ()
+    decode: bool = True  # False when the client takes latents
+
+
+@dataclass(frozen=True)
+class ChunkStep:
+    """A denoised chunk with where its device time went."""
+
+    result: ChunkResult
+    prompt_version: int
+    prompt_change_seconds: float
+    denoise_seconds: float
+    cache_bytes: int  # KV-cache memory the session holds after the chunk
+
+
+class GenerationSession:
+    """A session's device state; build it on the device worker and close it there."""
+
+    def __init__(self, bundle: ModelBundle, plan: SessionPlan) -> None:
+        self.bundle = bundle
+        self.plan = plan
+        model = bundle.transformer
+        pipeline = PIPELINES[plan.pipeline][0](model, plan.options)
+        latent_shape = bundle.latent_shape(plan.height, plan.width)
+        stream = pipeline.open(self._embed(plan.prompt), latent_shape, SeededNoise(plan.seed), plan.chunks)
+        self.runner = open_runner(stream, plan.policy, plan.seed, plan.hooks)
+        self.decoder = StreamingVaeDecoder(bundle.vae) if plan.decode else None
+        # The emitted chunks whose frames may still be cached: what a prompt switch re-encodes.
+        self._recent: deque[Chunk] = deque()
+        self._pending_prompt: str | None = None
+        self._prompt_lock = threading.Lock()
+        self.prompt_version = 0
+        self.frames_emitted = 0
+
+    @property
+    def frames_per_block(self) -> int:
+        return self.runner.stream.frames_per_block
+
+    def request_prompt_change(self, prompt: str) -> None:
+        """Use ``prompt`` from the next chunk on (thread-safe; a later request replaces an unapplied one)."""
+        with self._prompt_lock:
+            self._pending_prompt = prompt
+
+    def step(self) -> ChunkStep:
+        """Apply a pending prompt switch, then denoise the next chunk under the cache policy."""
+        switch_seconds = self._apply_prompt_change()
+        started = time.perf_counter()
+        result = self.runner.next_chunk()
+        denoise_seconds = time.perf_counter() - started
+        self._remember(result.chunk)
+        cache_bytes = self.runner.stream.cache.stats().allocated_bytes
+        return ChunkStep(result, self.prompt_version, switch_seconds, denoise_seconds, cache_bytes)
+
+    def decode(self, chunk: Chunk) -> np.ndarray:
+        """The chunk's video frames, uint8 ``[T, H, W, 3]``; call in chunk order."""
+        if self.decoder is None:
+            raise RuntimeError("this session delivers latents; it has no decoder")
+        frames = frames_to_uint8(self.decoder.decode_chunk(chunk.latents))[0].cpu().numpy()
+        self.frames_emitted += frames.shape[0]
+        return frames
+
+    def latents(self, chunk: Chunk) -> np.ndarray:
+        """The chunk's latent frames as float32 ``[F, C, h, w]``."""
+        self.frames_emitted += chunk.latents.shape[1]
+        return chunk.latents[0].to(torch.float32).cpu().numpy()
+
+    def close(self) -> None:
+        """Free the cache, the policy's and hooks' state and the decoder's context (idempotent)."""
+        self.runner.close()
+        self._recent.clear()
+        if self.decoder is not None:
+            self.decoder.reset()
+
+    # ------------------------------------------------------------------ internals
+    def _embed(self, prompt: str) -> torch.Tensor:
+        return self.bundle.prompt_encoder.encode(prompt).to(self.bundle.transformer.device)
+
+    def _apply_prompt_change(self) -> float:
+        with self._prompt_lock:
+            prompt, self._pending_prompt = self._pending_prompt, None
+        if prompt is None:
+            return 0.0
+        started = time.perf_counter()
+        text = self.bundle.transformer.encode_text(self._embed(prompt))
+        self.runner.stream.recache(text, list(self._recent))
+        self.prompt_version += 1
+        return time.perf_counter() - started
+
+    def _remember(self, chunk: Chunk) -> None:
+        # Not a prefix rule: sink frames stay cached while the frames after them are evicted.
+        self._recent.append(chunk)
+        cached = set(self.runner.stream.cache.frames)
+        self._recent = deque(kept for kept in self._recent if kept.frame_start in cached)

@@ -1,0 +1,1 @@
+"""The gRPC server: sessions, validation, auth, metrics (see docs/server.md)."""

@@ -1,0 +1,198 @@
+"""Server configuration: defaults, then a TOML file, then ``TOKENTRIM_*`` environment variables, then flags.
+
+Every option has one name: ``max_sessions`` is the TOML key, ``TOKENTRIM_MAX_SESSIONS`` the environment
+variable and ``--max-sessions`` the flag. ``docs/server.md`` lists them all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import re
+import tomllib
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PREFIX = "TOKENTRIM_"
+_SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
+_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
+          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the option."""
+
+
+def parse_size(text: str | int) -> int:
+    """Bytes from ``123``, ``"512MiB"``, ``"8GiB"`` or ``"1.5GB"``; ``"auto"`` is left to the caller."""
+    if isinstance(text, int):
+        return text
+    match = _SIZE.match(text)
+    if not match:
+        raise ValueError(f"expected a size such as 8GiB, 512MiB or a byte count; got {text!r}")
+    return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
+
+
+@dataclass
+class ServerConfig:
+    """Every option of ``tokentrim-server``; ``help`` metadata is the flag's documentation."""
+
+    # model
+    model: str = field(default="tiny", metadata={"help": "'tiny' (embedded), a diffusers Wan folder or an original Wan folder"})
+    checkpoint: str | None = field(default=None, metadata={"help": "distilled checkpoint replacing the transformer"})
+    checkpoint_key: str = field(default="generator_ema", metadata={"help": "weight set inside the checkpoint"})
+    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda:0"})
+    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)"})
+    attention_backend: str = field(default="auto", metadata={"help": "auto, sdpa, xformers or flash"})
+    # network
+    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:50051"],
+                              metadata={"help": "gRPC listen address HOST:PORT; repeatable (comma-separated in env)"})
+    metrics_address: str = field(default="0.0.0.0", metadata={"help": "address of the Prometheus /metrics endpoint"})
+    metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint; 0 picks a free one, -1 disables it"})
+    tls_cert: str | None = field(default=None, metadata={"help": "PEM certificate chain; with --tls-key enables TLS"})
+    tls_key: str | None = field(default=None, metadata={"help": "PEM private key of --tls-cert"})
+    tls_client_ca: str | None = field(default=None, metadata={"help": "PEM CA bundle; when set, clients must present a certificate it signed"})
+    auth_token_file: str | None = field(default=None, metadata={"help": "file of accepted bearer tokens, one per line; '#' starts a comment"})
+    auth_tokens: list[str] = field(default_factory=list, metadata={"help": "accepted bearer tokens (prefer the file or the env variable)"})
+    # sessions
+    default_pipeline: str = field(default="self_forcing", metadata={"help": "pipeline of sessions that name none"})
+    default_policy: str = field(default="none", metadata={"help": "cache policy of sessions that name none"})
+    self_forcing_local_attn_frames: int = field(
+        default=21, metadata={"help": "Self Forcing's default local attention window in latent frames (-1: global; sessions may override)"})
+    max_sessions: int = field(default=4, metadata={"help": "sessions that may run at once"})
+    cache_budget: str = field(default="auto", metadata={"help": "KV-cache memory for all sessions, e.g. 8GiB; auto: half the free GPU memory after loading, 4GiB on CPU"})
+    max_chunks: int = field(default=300, metadata={"help": "most chunks per session (the model's position tables bound it too)"})
+    max_prompt_chars: int = field(default=2000, metadata={"help": "longest prompt in characters"})
+    max_height: int = field(default=1280, metadata={"help": "largest frame height"})
+    max_width: int = field(default=1280, metadata={"help": "largest frame width"})
+    default_credits: int = field(default=2, metadata={"help": "flow-control credit of sessions that ask for none"})
+    max_credits: int = field(default=16, metadata={"help": "most outstanding flow-control credit per session"})
+    max_session_hooks: int = field(default=4, metadata={"help": "most session hooks per session"})
+    max_message_bytes: int = field(default=1 << 20, metadata={"help": "largest client message in bytes"})
+    start_timeout_seconds: float = field(default=10.0, metadata={"help": "time a client has to send its start message"})
+    drain_seconds: float = field(default=30.0, metadata={"help": "on SIGTERM, time running sessions get before they end with UNAVAILABLE"})
+    jpeg_quality: int = field(default=90, metadata={"help": "JPEG quality of sessions that ask for none"})
+    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+
+    def validate(self) -> None:
+        positive = ("max_sessions", "max_chunks", "max_prompt_chars", "max_height", "max_width", "default_credits",
+                    "max_credits", "max_message_bytes", "start_timeout_seconds")
+        for name in positive:
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
+        for name in ("max_session_hooks", "drain_seconds"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.default_credits > self.max_credits:
+            raise ConfigError(f"default_credits ({self.default_credits}) must be <= max_credits ({self.max_credits})")
+        if not 1 <= self.jpeg_quality <= 100:
+            raise ConfigError(f"jpeg_quality must be in [1, 100]; got {self.jpeg_quality}")
+        if (self.tls_cert is None) != (self.tls_key is None):
+            raise ConfigError("tls_cert and tls_key must be given together")
+        if self.tls_client_ca is not None and self.tls_cert is None:
+            raise ConfigError("tls_client_ca needs tls_cert and tls_key")
+        if not self.listen:
+            raise ConfigError("listen needs at least one HOST:PORT")
+        if self.cache_budget != "auto":
+            try:
+                parse_size(self.cache_budget)
+            except ValueError as error:
+                raise ConfigError(f"cache_budget: {error}") from None
+
+    def tokens(self) -> list[str]:
+        """Every accepted bearer token (empty: authentication is off)."""
+        tokens = list(self.auth_tokens)
+        if self.auth_token_file is not None:
+            try:
+                lines = Path(self.auth_token_file).read_text().splitlines()
+            except OSError as error:
+                raise ConfigError(f"auth_token_file: cannot read {self.auth_token_file}: {error.strerror}") from None
+            tokens += [line.split("#", 1)[0].strip() for line in lines]
+        return [token for token in tokens if token]
+
+
+_FIELDS = {spec.name: spec for spec in dataclasses.fields(ServerConfig)}
+
+
+def _kind(name: str) -> type:
+    """The scalar type of an option (list options: their element type)."""
+    annotation = str(_FIELDS[name].type)
+    for kind in (int, float, str):
+        if annotation.startswith(kind.__name__) or annotation.startswith(f"list[{kind.__name__}"):
+            return kind
+    raise TypeError(f"option {name} has an unsupported type {annotation}")
+
+
+def _is_list(name: str) -> bool:
+    return str(_FIELDS[name].type).startswith("list[")
+
+
+def _convert(name: str, value: Any, source: str) -> Any:
+    kind = _kind(name)
+    if _is_list(name):
+        items = value.split(",") if isinstance(value, str) else value
+        if not isinstance(items, list):
+            raise ConfigError(f"{name} ({source}) must be a list; got {value!r}")
+        return [_convert_scalar(name, kind, item, source) for item in items if str(item).strip()]
+    return _convert_scalar(name, kind, value, source)
+
+
+def _convert_scalar(name: str, kind: type, value: Any, source: str) -> Any:
+    try:
+        if kind is int and isinstance(value, float) and not value.is_integer():
+            raise ValueError
+        return kind(value.strip() if isinstance(value, str) else value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{name} ({source}) must be {kind.__name__}; got {value!r}") from None
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="tokentrim-server",
+        description="Serve real-time text-to-video sessions over gRPC. Options also come from a TOML file "
+        "(--config or TOKENTRIM_CONFIG; keys are the option names in snake_case) and from TOKENTRIM_<OPTION> "
+        "environment variables; flags win over the environment, which wins over the file.",
+    )
+    parser.add_argument("--config", default=None, help="TOML configuration file")
+    defaults = ServerConfig()
+    for name, spec in _FIELDS.items():
+        default = getattr(defaults, name)
+        help_text = f"{spec.metadata['help']} (default: {default!r})"
+        flag = "--" + name.replace("_", "-")
+        if _is_list(name):
+            parser.add_argument(flag, action="append", default=None, help=help_text)
+        else:
+            parser.add_argument(flag, default=None, help=help_text)
+    return parser
+
+
+def load_config(argv: Sequence[str] | None = None, environ: Mapping[str, str] | None = None) -> ServerConfig:
+    """Parse flags, read the file and the environment, and return a validated configuration."""
+    environ = os.environ if environ is None else environ
+    args = build_parser().parse_args(argv)
+    values: dict[str, Any] = {}
+    path = args.config or environ.get(ENV_PREFIX + "CONFIG")
+    if path:
+        try:
+            with open(path, "rb") as handle:
+                document = tomllib.load(handle)
+        except (OSError, tomllib.TOMLDecodeError) as error:
+            raise ConfigError(f"config file {path}: {error}") from None
+        unknown = sorted(set(document) - set(_FIELDS))
+        if unknown:
+            raise ConfigError(f"config file {path}: unknown option(s) {unknown}; known: {sorted(_FIELDS)}")
+        values.update({name: _convert(name, value, f"config file {path}") for name, value in document.items()})
+    for name in _FIELDS:
+        variable = ENV_PREFIX + name.upper()
+        if variable in environ:
+            values[name] = _convert(name, environ[variable], f"environment {variable}")
+    for name in _FIELDS:
+        value = getattr(args, name)
+        if value is not None:
+            values[name] = _convert(name, value, "--" + name.replace("_", "-"))
+    config = ServerConfig(**values)
+    config.validate()
+    return config
