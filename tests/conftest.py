@@ -23,3 +23,11 @@ def parity_params() -> list:
     if not folders:
         return [pytest.param(None, marks=pytest.mark.skip(reason=f"no reference cases under {REFERENCE_ROOT}"))]
     return [pytest.param(folder, id=folder.name) for folder in folders]
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle():
+    """The embedded tiny model, loaded once for every server test."""
+    from tokentrim_server.loading.model import ModelSpec, load_model
+
+    return load_model(ModelSpec(model="tiny"))
