@@ -1,5 +1,7 @@
 # make test: create .venv if missing, install everything (torch==2.13.0 first), lint, run the tests.
-# make demo: generate a short video with the embedded tiny model into out/demo.mp4.
+# make demo: start the server on the embedded tiny model, stream a short video with the client CLI into
+#            out/demo.mp4, print where the metrics are, stop the server.
+# make proto: regenerate the gRPC code from proto/ (the tests fail when it is stale).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
@@ -7,7 +9,7 @@ STAMP := $(VENV)/.installed
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 PYTEST_ARGS ?=
 
-.PHONY: install test lint demo bench clean
+.PHONY: install test lint demo bench proto clean
 
 install: $(STAMP)
 
@@ -29,8 +31,10 @@ test: lint
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PYTHON) -m tokentrim_server.cli.generate --model tiny --prompt "a red car drives along the beach at sunset" \
-		--chunks 4 --out out/demo.mp4
+	$(PYTHON) -m tokentrim_server.cli.demo --out out/demo.mp4
+
+proto: $(STAMP)
+	$(PYTHON) proto/generate.py
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/engine.py

@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import asyncio
 import queue
-import threading
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -14,35 +12,24 @@ from tokentrim.v1 import streaming_pb2 as pb
 from tokentrim.v1 import streaming_pb2_grpc as pb_grpc
 
 from tokentrim_server.loading.model import ModelBundle
-from tokentrim_server.server.app import TokentrimServer
+from tokentrim_server.server.background import BackgroundServer
 from tokentrim_server.server.config import load_config
+from tokentrim_server.server.service import StreamingService
 
 SIZE = 32  # the smallest frame the tiny model takes (its grid is 16): fast chunks
 
 
-class ServerThread:
-    """A :class:`TokentrimServer` on its own event loop thread; use as a context manager."""
+class ServerThread(BackgroundServer):
+    """A background server on a free localhost port with a metrics endpoint, plus a channel and stub to it."""
 
-    def __init__(self, bundle: ModelBundle, *flags: str, environ: dict[str, str] | None = None) -> None:
-        config = load_config(["--listen", "127.0.0.1:0", "--metrics-port", "0", *flags], environ or {})
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self._thread.start()
-        self.server = self.call(self._make, config, bundle)
-        self.call(self.server.start)
-        self.target = f"127.0.0.1:{self.server.ports[0]}"
+    def __init__(self, bundle: ModelBundle, *flags: str) -> None:
+        super().__init__(bundle=bundle, config=load_config(
+            ["--listen", "127.0.0.1:0", "--metrics-port", "0", *flags], {}))
         self.channel = grpc.insecure_channel(self.target)
         self.stub = pb_grpc.StreamingServiceStub(self.channel)
 
-    @staticmethod
-    async def _make(config: Any, bundle: ModelBundle) -> TokentrimServer:
-        return TokentrimServer(config, bundle)  # built on the loop: its asyncio objects belong there
-
-    def call(self, coroutine_function: Callable[..., Any], *args: Any) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine_function(*args), self.loop).result(timeout=120)
-
     @property
-    def service(self):
+    def service(self) -> StreamingService:
         return self.server.service
 
     def wait_idle(self, timeout: float = 30.0) -> None:
@@ -53,15 +40,9 @@ class ServerThread:
             assert time.monotonic() < deadline, f"{admission.sessions} sessions still hold resources"
             time.sleep(0.02)
 
-    def __enter__(self) -> ServerThread:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
+    def close(self) -> None:
         self.channel.close()
-        self.call(self.server.stop, 0)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=10)
-        self.loop.close()
+        super().close()
 
 
 class RawSession:

@@ -29,7 +29,8 @@ def wait_serving(channel: grpc.Channel, process: subprocess.Popen, timeout: floa
     while time.monotonic() < deadline:
         assert process.poll() is None, process.communicate()[1]
         try:
-            if health.Check(health_pb2.HealthCheckRequest(), timeout=1).status == health_pb2.HealthCheckResponse.SERVING:
+            reply = health.Check(health_pb2.HealthCheckRequest(), timeout=1)
+            if reply.status == health_pb2.HealthCheckResponse.SERVING:
                 return
         except grpc.RpcError:
             time.sleep(0.2)

@@ -38,13 +38,14 @@ def test_session_streams_every_chunk_then_ends(server):
 
 
 def test_same_seed_same_video_and_encodings_agree(server):
-    raw = [c.rgb for c in RawSession(server.stub, start(output=pb.OutputFormat(encoding=pb.ENCODING_RAW_RGB))).chunks()]
-    again = [c.rgb for c in RawSession(server.stub, start(output=pb.OutputFormat(encoding=pb.ENCODING_RAW_RGB))).chunks()]
+    raw_rgb = start(output=pb.OutputFormat(encoding=pb.ENCODING_RAW_RGB))
+    raw = [c.rgb for c in RawSession(server.stub, raw_rgb).chunks()]
+    again = [c.rgb for c in RawSession(server.stub, raw_rgb).chunks()]
     assert raw == again
     frames = np.frombuffer(raw[1], np.uint8).reshape(12, SIZE, SIZE, 3)
     latents = list(RawSession(server.stub, start(output=pb.OutputFormat(encoding=pb.ENCODING_LATENTS))).chunks())
     tensor = latents[1].latents
-    assert list(tensor.shape)[0] == 3 and tensor.dtype == "float32"
+    assert tensor.shape[0] == 3 and tensor.dtype == "float32"
     assert len(tensor.data) == 4 * int(np.prod(tensor.shape))
     assert frames.std() > 0
 
@@ -68,9 +69,9 @@ def test_concurrent_sessions_all_complete_and_are_served_fairly(server):
 
 
 def test_prompt_change_applies_at_the_next_chunk_boundary(server):
-    plain = list(RawSession(server.stub, start(chunks=4, output=pb.OutputFormat(encoding=pb.ENCODING_LATENTS))).chunks())
-    session = RawSession(server.stub, start(chunks=4, initial_credits=1,
-                                            output=pb.OutputFormat(encoding=pb.ENCODING_LATENTS)))
+    latents = pb.OutputFormat(encoding=pb.ENCODING_LATENTS)
+    plain = list(RawSession(server.stub, start(chunks=4, output=latents)).chunks())
+    session = RawSession(server.stub, start(chunks=4, initial_credits=1, output=latents))
     session.next()  # started
     changed = []
     for chunk in session.chunks(grant=False):

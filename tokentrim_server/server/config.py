@@ -18,8 +18,17 @@ from typing import Any
 
 ENV_PREFIX = "TOKENTRIM_"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
-_UNITS = {"b": 1, "kb": 10**3, "mb": 10**6, "gb": 10**9, "tb": 10**12,
-          "kib": 2**10, "mib": 2**20, "gib": 2**30, "tib": 2**40}
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
 
 
 class ConfigError(ValueError):
@@ -36,50 +45,71 @@ def parse_size(text: str | int) -> int:
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "b").lower()])
 
 
+def option(default: Any, help: str) -> Any:
+    """A scalar configuration field; ``help`` documents its flag (and docs/server.md)."""
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class ServerConfig:
     """Every option of ``tokentrim-server``; ``help`` metadata is the flag's documentation."""
 
     # model
-    model: str = field(default="tiny", metadata={"help": "'tiny' (embedded), a diffusers Wan folder or an original Wan folder"})
-    checkpoint: str | None = field(default=None, metadata={"help": "distilled checkpoint replacing the transformer"})
-    checkpoint_key: str = field(default="generator_ema", metadata={"help": "weight set inside the checkpoint"})
-    device: str = field(default="cpu", metadata={"help": "torch device, e.g. cpu or cuda:0"})
-    dtype: str | None = field(default=None, metadata={"help": "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)"})
-    attention_backend: str = field(default="auto", metadata={"help": "auto, sdpa, xformers or flash"})
+    model: str = option("tiny", "'tiny' (embedded), a diffusers Wan folder or an original Wan folder")
+    checkpoint: str | None = option(None, "distilled checkpoint replacing the transformer")
+    checkpoint_key: str = option("generator_ema", "weight set inside the checkpoint")
+    device: str = option("cpu", "torch device, e.g. cpu or cuda:0")
+    dtype: str | None = option(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)")
+    attention_backend: str = option("auto", "auto, sdpa, xformers or flash")
     # network
-    listen: list[str] = field(default_factory=lambda: ["0.0.0.0:50051"],
-                              metadata={"help": "gRPC listen address HOST:PORT; repeatable (comma-separated in env)"})
-    metrics_address: str = field(default="0.0.0.0", metadata={"help": "address of the Prometheus /metrics endpoint"})
-    metrics_port: int = field(default=9464, metadata={"help": "port of the /metrics endpoint; 0 picks a free one, -1 disables it"})
-    tls_cert: str | None = field(default=None, metadata={"help": "PEM certificate chain; with --tls-key enables TLS"})
-    tls_key: str | None = field(default=None, metadata={"help": "PEM private key of --tls-cert"})
-    tls_client_ca: str | None = field(default=None, metadata={"help": "PEM CA bundle; when set, clients must present a certificate it signed"})
-    auth_token_file: str | None = field(default=None, metadata={"help": "file of accepted bearer tokens, one per line; '#' starts a comment"})
-    auth_tokens: list[str] = field(default_factory=list, metadata={"help": "accepted bearer tokens (prefer the file or the env variable)"})
+    listen: list[str] = field(
+        default_factory=lambda: ["0.0.0.0:50051"],
+        metadata={"help": "gRPC listen address HOST:PORT; repeatable (comma-separated in env)"},
+    )
+    metrics_address: str = option("0.0.0.0", "address of the Prometheus /metrics endpoint")
+    metrics_port: int = option(9464, "port of the /metrics endpoint; 0 picks a free one, -1 disables it")
+    tls_cert: str | None = option(None, "PEM certificate chain; with --tls-key enables TLS")
+    tls_key: str | None = option(None, "PEM private key of --tls-cert")
+    tls_client_ca: str | None = option(None, "PEM CA bundle; when set, clients must present a certificate it signed")
+    auth_token_file: str | None = option(None, "file of accepted bearer tokens, one per line; '#' starts a comment")
+    auth_tokens: list[str] = field(
+        default_factory=list, metadata={"help": "accepted bearer tokens (prefer the file or the env variable)"}
+    )
     # sessions
-    default_pipeline: str = field(default="self_forcing", metadata={"help": "pipeline of sessions that name none"})
-    default_policy: str = field(default="none", metadata={"help": "cache policy of sessions that name none"})
-    self_forcing_local_attn_frames: int = field(
-        default=21, metadata={"help": "Self Forcing's default local attention window in latent frames (-1: global; sessions may override)"})
-    max_sessions: int = field(default=4, metadata={"help": "sessions that may run at once"})
-    cache_budget: str = field(default="auto", metadata={"help": "KV-cache memory for all sessions, e.g. 8GiB; auto: half the free GPU memory after loading, 4GiB on CPU"})
-    max_chunks: int = field(default=300, metadata={"help": "most chunks per session (the model's position tables bound it too)"})
-    max_prompt_chars: int = field(default=2000, metadata={"help": "longest prompt in characters"})
-    max_height: int = field(default=1280, metadata={"help": "largest frame height"})
-    max_width: int = field(default=1280, metadata={"help": "largest frame width"})
-    default_credits: int = field(default=2, metadata={"help": "flow-control credit of sessions that ask for none"})
-    max_credits: int = field(default=16, metadata={"help": "most outstanding flow-control credit per session"})
-    max_session_hooks: int = field(default=4, metadata={"help": "most session hooks per session"})
-    max_message_bytes: int = field(default=1 << 20, metadata={"help": "largest client message in bytes"})
-    start_timeout_seconds: float = field(default=10.0, metadata={"help": "time a client has to send its start message"})
-    drain_seconds: float = field(default=30.0, metadata={"help": "on SIGTERM, time running sessions get before they end with UNAVAILABLE"})
-    jpeg_quality: int = field(default=90, metadata={"help": "JPEG quality of sessions that ask for none"})
-    log_level: str = field(default="INFO", metadata={"help": "DEBUG, INFO, WARNING or ERROR"})
+    default_pipeline: str = option("self_forcing", "pipeline of sessions that name none")
+    default_policy: str = option("none", "cache policy of sessions that name none")
+    self_forcing_local_attn_frames: int = option(
+        21, "Self Forcing's default local attention window in latent frames (-1: global; sessions may override)"
+    )
+    max_sessions: int = option(4, "sessions that may run at once")
+    cache_budget: str = option(
+        "auto", "KV-cache memory for all sessions, e.g. 8GiB; auto: half the free GPU memory after loading, 4GiB on CPU"
+    )
+    max_chunks: int = option(300, "most chunks per session (the model's position tables bound it too)")
+    max_prompt_chars: int = option(2000, "longest prompt in characters")
+    max_height: int = option(1280, "largest frame height")
+    max_width: int = option(1280, "largest frame width")
+    default_credits: int = option(2, "flow-control credit of sessions that ask for none")
+    max_credits: int = option(16, "most outstanding flow-control credit per session")
+    max_session_hooks: int = option(4, "most session hooks per session")
+    max_message_bytes: int = option(1 << 20, "largest client message in bytes")
+    start_timeout_seconds: float = option(10.0, "time a client has to send its start message")
+    drain_seconds: float = option(30.0, "on SIGTERM, time running sessions get before they end with UNAVAILABLE")
+    jpeg_quality: int = option(90, "JPEG quality of sessions that ask for none")
+    log_level: str = option("INFO", "DEBUG, INFO, WARNING or ERROR")
 
     def validate(self) -> None:
-        positive = ("max_sessions", "max_chunks", "max_prompt_chars", "max_height", "max_width", "default_credits",
-                    "max_credits", "max_message_bytes", "start_timeout_seconds")
+        positive = (
+            "max_sessions",
+            "max_chunks",
+            "max_prompt_chars",
+            "max_height",
+            "max_width",
+            "default_credits",
+            "max_credits",
+            "max_message_bytes",
+            "start_timeout_seconds",
+        )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")

@@ -52,10 +52,12 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         self._idle.set()
 
     # ------------------------------------------------------------------ RPCs
-    async def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext) -> pb.GetServerInfoResponse:  # noqa: N802
+    async def GetServerInfo(
+        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+    ) -> pb.GetServerInfoResponse:
         return self.server_info()
 
-    async def Generate(  # noqa: N802
+    async def Generate(
         self, request_iterator: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateResponse]:
         if self.draining:

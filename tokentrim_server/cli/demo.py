@@ -1,0 +1,84 @@
+"""``make demo``: start the server on the embedded model, stream a short video with the client CLI, stop it.
+
+Runs ``tokentrim-server --model tiny`` on free localhost ports, waits until its health check says SERVING,
+streams a prompt into ``out/demo.mp4`` with ``tokentrim-client stream`` (with one prompt switch and the
+TokenTrim policy when it is installed), prints where the metrics are and a few of their values, then stops
+the server with SIGTERM, as an orchestrator would.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+SHOWN_SERIES = ("tokentrim_chunks_total", "tokentrim_frames_total", "tokentrim_policy_triggers_total",
+                "tokentrim_sessions_ended_total")
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def client_command() -> list[str]:
+    found = shutil.which("tokentrim-client", path=str(Path(sys.executable).parent))
+    return [found] if found else [sys.executable, "-m", "tokentrim_client.cli"]
+
+
+def wait_until_serving(target: str, server: subprocess.Popen, timeout: float = 180.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise SystemExit(f"the server exited with code {server.returncode}")
+        if subprocess.run([*client_command(), "health", "--target", target], capture_output=True).returncode == 0:
+            return
+        time.sleep(0.5)
+    raise SystemExit(f"the server did not become SERVING within {timeout:.0f} s")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
+    parser.add_argument("--prompt", default="a red car drives along the beach at sunset")
+    parser.add_argument("--switch", default="3:a blue boat sails across a calm lake", help="CHUNK:PROMPT")
+    parser.add_argument("--chunks", type=int, default=6)
+    parser.add_argument("--out", default="out/demo.mp4")
+    args = parser.parse_args(argv)
+    port, metrics_port = free_port(), free_port()
+    target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
+    server = subprocess.Popen([
+        sys.executable, "-m", "tokentrim_server.server", "--model", "tiny", "--listen", target,
+        "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--log-level", "WARNING",
+    ])
+    try:
+        wait_until_serving(target, server)
+        print(f"server on {target}, metrics at {metrics_url}", flush=True)
+        stream = [*client_command(), "stream", "--target", target, "--prompt", args.prompt,
+                  "--chunks", str(args.chunks), "--switch", args.switch, "--out", args.out,
+                  "--reports", str(Path(args.out).with_suffix(".jsonl"))]
+        subprocess.run([*stream, "--policy", "tokentrim"] if _has_tokentrim(target) else stream, check=True)
+        with urllib.request.urlopen(metrics_url, timeout=10) as reply:
+            for line in reply.read().decode().splitlines():
+                if line.startswith(SHOWN_SERIES):
+                    print(f"  {line}")
+    finally:
+        server.send_signal(signal.SIGTERM)
+        code = server.wait(timeout=120)
+    print(f"server stopped (exit code {code}); video in {args.out}")
+    return code
+
+
+def _has_tokentrim(target: str) -> bool:
+    info = subprocess.run([*client_command(), "info", "--target", target], capture_output=True, text=True)
+    return '"tokentrim"' in info.stdout
+
+
+if __name__ == "__main__":
+    sys.exit(main())
