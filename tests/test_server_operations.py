@@ -18,6 +18,8 @@ from tokentrim.v1 import streaming_pb2_grpc as pb_grpc
 
 from tests.server_support import RawSession, ServerThread, rpc_error, start
 from tokentrim_server.cache.kv_cache import KVCache
+from tokentrim_server.policies import CacheHandle, CachePolicy, Candidate, Decision, Stage
+from tokentrim_server.server import requests as requests_module
 
 
 def live_caches() -> int:
@@ -188,3 +190,33 @@ def test_drain_refuses_new_sessions_and_ends_running_ones(tiny_bundle):
         assert "shutting down" in errors[0].details()
         assert received  # the running session kept streaming during its grace period
         assert server.service.admission.sessions == 0
+
+
+class ExplodingPolicy(CachePolicy):
+    """Fails on its third inspected chunk, as a buggy third-party policy might."""
+
+    name = "explode"
+
+    @property
+    def stage(self) -> Stage:
+        return "final"
+
+    def inspect(self, candidate: Candidate, cache: CacheHandle) -> Decision:
+        if candidate.chunk == 2:
+            raise RuntimeError("policy bug")
+        return Decision()
+
+
+def test_one_failing_session_leaves_the_others_untouched(tiny_bundle, monkeypatch):
+    real = requests_module.create_policy
+    monkeypatch.setattr(requests_module, "create_policy",
+                        lambda name, params: ExplodingPolicy() if name == "explode" else real(name, params))
+    with ServerThread(tiny_bundle) as server:
+        healthy = RawSession(server.stub, start(chunks=6, initial_credits=1))
+        healthy.next()
+        failing = RawSession(server.stub, start(chunks=6, cache_policy=pb.PluginConfig(name="explode")))
+        error = rpc_error(lambda: list(failing.chunks()))
+        assert error.code() == grpc.StatusCode.INTERNAL and "policy bug" in error.details()
+        assert [chunk.index for chunk in healthy.chunks()] == list(range(6))
+        server.wait_idle()
+        assert 'tokentrim_sessions_ended_total{reason="error"} 1.0' in scrape(server)

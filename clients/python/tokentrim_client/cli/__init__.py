@@ -1,0 +1,1 @@
+"""The tokentrim-client command line."""
