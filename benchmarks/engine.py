@@ -63,7 +63,8 @@ def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, floa
     return result, time.perf_counter() - start
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def build_components(args: argparse.Namespace) -> tuple[CausalWanTransformer, AutoencoderKLWan, torch.Tensor]:
+    """The transformer, the VAE (seeded random weights) and a random prompt for ``--size``/``--device``/``--dtype``."""
     if args.size != "tiny" and not args.random_weights:
         raise SystemExit("--size 1.3b needs --random-weights (no weights can be loaded here)")
     device = torch.device(args.device)
@@ -77,6 +78,12 @@ def run(args: argparse.Namespace) -> list[dict]:
         vae = AutoencoderKLWan(**vae_config()).to(dtype).eval()
     model = CausalWanTransformer(base, text_len, args.attention_backend)
     prompt = torch.randn(1, min(text_len, 64), base.config.text_dim, device=device, dtype=dtype)
+    return model, vae, prompt
+
+
+def run(args: argparse.Namespace) -> list[dict]:
+    model, vae, prompt = build_components(args)
+    device, dtype = torch.device(args.device), model.dtype
     latent_shape = (16, args.height // 8, args.width // 8)
     results = []
     for name in args.pipeline or sorted(PIPELINES):

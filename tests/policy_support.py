@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
+import textwrap
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import pytest
 import torch
 from diffusers import WanTransformer3DModel
 
@@ -17,6 +22,27 @@ from tokentrim_server.policies import AcceptedChunk, CacheHandle, CachePolicy, C
 
 REFERENCE_ROOT = Path(__file__).resolve().parents[2] / "shared" / "reference"
 LATENT_SHAPE = (16, 8, 12)  # 24 tokens per latent frame, as in the reference cases
+
+
+@contextlib.contextmanager
+def installed_distribution(
+    root: Path, monkeypatch: pytest.MonkeyPatch, module: str, source: str, group: str, entry: str
+) -> Iterator[None]:
+    """While active, package ``module`` is installed as ``pip install`` would leave it in ``root``: the package
+    plus a ``.dist-info`` naming the entry point ``entry`` (``name = module:attr``) in ``group``."""
+    (root / module).mkdir()
+    (root / module / "__init__.py").write_text(textwrap.dedent(source))
+    dist_info = root / f"{module}-0.1.dist-info"
+    dist_info.mkdir()
+    distribution = module.replace("_", "-")
+    (dist_info / "METADATA").write_text(f"Metadata-Version: 2.1\nName: {distribution}\nVersion: 0.1\n")
+    (dist_info / "entry_points.txt").write_text(f"[{group}]\n{entry}\n")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, module, raising=False)
+    try:
+        yield
+    finally:
+        sys.modules.pop(module, None)
 
 
 def tiny_model(seed: int = 0) -> CausalWanTransformer:

@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import sys
-import textwrap
 from pathlib import Path
 
 import pytest
-from policy_support import self_forcing_stream, tiny_model
+from policy_support import installed_distribution, self_forcing_stream, tiny_model
 
 from tokentrim_server.engine import open_runner
 from tokentrim_server.policies import ENTRY_POINT_GROUP, create_policy, load_policy, policy_names
@@ -48,22 +46,10 @@ class EveryOtherPolicy(CachePolicy):
 '''
 
 
-def _install_distribution(root: Path) -> None:
-    """What ``pip install`` leaves behind: the package plus a ``.dist-info`` naming the entry point."""
-    (root / MODULE).mkdir()
-    (root / MODULE / "__init__.py").write_text(textwrap.dedent(POLICY_SOURCE))
-    dist_info = root / "thirdparty_every_other-0.1.dist-info"
-    dist_info.mkdir()
-    (dist_info / "METADATA").write_text("Metadata-Version: 2.1\nName: thirdparty-every-other\nVersion: 0.1\n")
-    (dist_info / "entry_points.txt").write_text(f"[{ENTRY_POINT_GROUP}]\nevery_other = {MODULE}:EveryOtherPolicy\n")
-
-
 def test_third_party_policy_is_discovered_and_driven(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     assert "every_other" not in policy_names()
-    _install_distribution(tmp_path)
-    monkeypatch.syspath_prepend(str(tmp_path))
-    monkeypatch.delitem(sys.modules, MODULE, raising=False)
-    try:
+    entry = f"every_other = {MODULE}:EveryOtherPolicy"
+    with installed_distribution(tmp_path, monkeypatch, MODULE, POLICY_SOURCE, ENTRY_POINT_GROUP, entry):
         assert "every_other" in policy_names()
         policy_class = load_policy("every_other")
         assert policy_class.__module__ == MODULE
@@ -78,5 +64,3 @@ def test_third_party_policy_is_discovered_and_driven(tmp_path: Path, monkeypatch
         assert policy.inspected == [(0, 0), (1, 0), (1, 1), (2, 0)]
         assert [r.triggered for r in reports] == [False, True, False]
         assert reports[1].tokens_removed == 8 * 3  # positions 0, 3, ..., 21 of block 0's 3 frames
-    finally:
-        sys.modules.pop(MODULE, None)

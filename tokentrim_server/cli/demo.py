@@ -51,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunks", type=int, default=6)
     parser.add_argument("--out", default="out/demo.mp4")
     args = parser.parse_args(argv)
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     server = subprocess.Popen([
@@ -63,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
         stream = [*client_command(), "stream", "--target", target, "--prompt", args.prompt,
                   "--chunks", str(args.chunks), "--switch", args.switch, "--out", args.out,
                   "--reports", str(Path(args.out).with_suffix(".jsonl"))]
-        subprocess.run([*stream, "--policy", "tokentrim"] if _has_tokentrim(target) else stream, check=True)
+        streamed = subprocess.run([*stream, "--policy", "tokentrim"] if _has_tokentrim(target) else stream)
+        if streamed.returncode != 0:
+            raise SystemExit(f"tokentrim-client stream failed with exit code {streamed.returncode}")
         with urllib.request.urlopen(metrics_url, timeout=10) as reply:
             for line in reply.read().decode().splitlines():
                 if line.startswith(SHOWN_SERIES):

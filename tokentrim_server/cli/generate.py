@@ -3,15 +3,20 @@
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 from tokentrim_server.cli.options import add_model_arguments, model_spec, parse_option
+from tokentrim_server.engine import open_runner
+from tokentrim_server.hooks import create_hook
 from tokentrim_server.loading.model import load_model
 from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.registry import PIPELINES, build_pipeline
+from tokentrim_server.policies import create_policy
 from tokentrim_server.video import Mp4Writer
 
 
@@ -27,8 +32,23 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--fps", type=int, default=16, help="frame rate of the mp4 (default: %(default)s)")
     parser.add_argument("--option", type=parse_option, action="append", default=[], metavar="KEY=VALUE",
                         help="pipeline option, repeatable (e.g. local_attn_frames=12, sink_frames=3)")
+    parser.add_argument("--hook", type=parse_hook, action="append", default=[], metavar="NAME[=JSON]",
+                        help='session hook, repeatable, with its parameters as a JSON object '
+                             '(e.g. flowmo or \'flowmo={"iterations": 3}\')')
     add_model_arguments(parser)
     return parser
+
+
+def parse_hook(text: str) -> tuple[str, dict[str, Any]]:
+    """``NAME`` or ``NAME={...}``: a session hook and its parameters."""
+    name, sep, params = text.partition("=")
+    try:
+        values = json.loads(params) if sep else {}
+    except json.JSONDecodeError as error:
+        raise argparse.ArgumentTypeError(f"hook parameters must be a JSON object: {error}") from None
+    if not name or not isinstance(values, dict):
+        raise argparse.ArgumentTypeError(f"expected NAME or NAME={{...}}, got {text!r}")
+    return name, values
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,12 +61,17 @@ def main(argv: list[str] | None = None) -> int:
     pipeline = build_pipeline(args.pipeline, bundle.transformer, dict(args.option))
     prompt = bundle.prompt_encoder.encode(args.prompt).to(bundle.transformer.device)
     stream = pipeline.open(prompt, latent_shape, SeededNoise(args.seed), num_blocks=args.chunks)
+    hooks = [create_hook(name, params) for name, params in args.hook]
+    runner = open_runner(stream, create_policy("none"), hooks=hooks)
     decoder = StreamingVaeDecoder(bundle.vae)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     frames_total = 0
     with Mp4Writer(args.out, fps=args.fps) as writer:
-        for chunk in stream:
+        for result in runner:
+            chunk = result.chunk
+            for hook in result.report.hooks:
+                print(f"hook {hook.name}: {hook.seconds:.2f} s {json.dumps(hook.values)}", file=sys.stderr)
             frames = frames_to_uint8(decoder.decode_chunk(chunk.latents))[0]
             writer.write(frames)
             frames_total += frames.shape[0]
@@ -56,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
                 f"{frames_total / elapsed:.1f} frames/s",
                 file=sys.stderr,
             )
-    stream.close()
+    runner.close()
     print(f"wrote {frames_total} frames ({width}x{height}) to {args.out}")
     return 0
 

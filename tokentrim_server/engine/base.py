@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TypeVar
 
 import torch
 
 from tokentrim_server.engine.report import ChunkReport, ChunkResult
+from tokentrim_server.hooks.base import HookReport, SessionHook
 from tokentrim_server.pipelines.base import Chunk, StreamBase
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.policies.base import AcceptedChunk, CachePolicy, Candidate, Decision, SessionInfo, Stage
@@ -39,14 +41,25 @@ class PolicyRunner:
     """Drives one pipeline stream under one policy instance; iterate it for :class:`ChunkResult` s.
 
     ``seed`` is the session seed a policy may use for its own randomness (default: the stream's
-    :class:`SeededNoise` seed, else ``None``).
+    :class:`SeededNoise` seed, else ``None``). ``hooks`` are session hooks, started here (one may refuse the
+    session with a ``ValueError``), taking part in the first chunk's denoising and reported on its
+    :class:`ChunkReport`; the stream must not have produced a chunk yet when hooks are given.
     """
 
     pipeline_name = ""
 
-    def __init__(self, stream: StreamBase, policy: CachePolicy, seed: int | None = None) -> None:
+    def __init__(
+        self,
+        stream: StreamBase,
+        policy: CachePolicy,
+        seed: int | None = None,
+        hooks: Sequence[SessionHook] = (),
+    ) -> None:
         self.stream = stream
         self.policy = policy
+        self.hooks = tuple(hooks)
+        self.hook_seconds = [0.0] * len(self.hooks)  # start + every adjust, per hook
+        self._hooks_reported = not self.hooks
         self.cache = CacheHandle(stream.cache)
         self._previous: torch.Tensor | None = None  # accepted summary at the policy's stage
         self._closed = False
@@ -63,8 +76,15 @@ class PolicyRunner:
             patch_size=stream.model.patch_size,
         )
         self._check_stage(policy.stage)
+        self._check_hooks()
+        self._start_hooks()
         started = time.perf_counter()
-        policy.start(self.session)
+        try:
+            policy.start(self.session)
+        except BaseException:
+            with contextlib.suppress(Exception):
+                self._end_hooks()
+            raise
         self.start_seconds = time.perf_counter() - started
 
     # ------------------------------------------------------------------ iteration
@@ -93,12 +113,39 @@ class PolicyRunner:
         try:
             self.policy.end()
         finally:
-            self.stream.close()
+            try:
+                self._end_hooks()
+            finally:
+                self.stream.close()
 
     # ------------------------------------------------------------------ for subclasses
     def _check_stage(self, stage: Stage | None) -> None:
         if stage not in (None, "first_step", "final"):
             raise ValueError(f"cache policy {self.policy.name!r} asks for an unknown stage {stage!r}")
+
+    def _check_hooks(self) -> None:
+        """Refuse hooks this runner cannot honour (subclasses add pipeline-specific reasons)."""
+        for hook in self.hooks:
+            if not isinstance(hook, SessionHook):
+                raise TypeError(f"session hooks must be SessionHook instances; got {type(hook).__name__}")
+        names = [hook.name for hook in self.hooks]
+        repeated = sorted({name for name in names if names.count(name) > 1})
+        if repeated:
+            raise ValueError(f"session hook(s) {', '.join(map(repr, repeated))} given more than once")
+        if self.hooks and self.stream.emitted:
+            raise ValueError(
+                f"session hooks run at session start; this stream has already produced {self.stream.emitted} chunk(s)"
+            )
+
+    def _hook_reports(self) -> tuple[HookReport, ...]:
+        """Every hook's report, on the first chunk's report only (empty afterwards)."""
+        if self._hooks_reported:
+            return ()
+        self._hooks_reported = True
+        return tuple(
+            HookReport(hook.name, seconds, {str(key): float(value) for key, value in hook.values().items()})
+            for hook, seconds in zip(self.hooks, self.hook_seconds, strict=True)
+        )
 
     def _select(
         self,
@@ -155,10 +202,34 @@ class PolicyRunner:
             decision_seconds=log.decision_seconds,
             policy_seconds=log.policy_seconds,
             chunk_seconds=time.perf_counter() - log.started,
+            hooks=self._hook_reports(),
         )
         return ChunkResult(chunk, report)
 
     # ------------------------------------------------------------------ internals
+    def _start_hooks(self) -> None:
+        for index, hook in enumerate(self.hooks):
+            started = time.perf_counter()
+            try:
+                hook.start(self.session)
+            except BaseException:
+                with contextlib.suppress(Exception):  # the refusal is the error to report
+                    self._end_hooks(index)  # those already started
+                raise
+            finally:
+                self.hook_seconds[index] += time.perf_counter() - started
+
+    def _end_hooks(self, count: int | None = None) -> None:
+        """``end`` the first ``count`` hooks (all by default), each even if an earlier one fails."""
+        errors = []
+        for hook in self.hooks[:count]:
+            try:
+                hook.end()
+            except Exception as error:  # every hook must be ended; report the first failure
+                errors.append(error)
+        if errors:
+            raise errors[0]
+
     def _summarize(self, log: ChunkLog, latents: torch.Tensor) -> torch.Tensor:
         started = time.perf_counter()
         log.summary = latent_summary(latents, self.session.patch_size)

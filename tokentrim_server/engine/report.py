@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from tokentrim_server.hooks.base import HookReport
 from tokentrim_server.pipelines.base import Chunk
 
 
@@ -17,8 +18,10 @@ class ChunkReport:
     committed context: ``*_before`` when the chunk's first model call starts (after the pipeline's own
     eviction), ``*_after`` after the chunk's last removal (equal to before when nothing was removed); the
     chunk's own tokens are never counted. ``decision_seconds`` is the
-    summaries plus ``inspect``; ``policy_seconds`` adds removals and the other hooks; ``chunk_seconds`` is
-    the whole chunk, model calls and regenerations included.
+    summaries plus ``inspect``; ``policy_seconds`` adds removals and the policy's other calls; ``chunk_seconds``
+    is the whole chunk, model calls and regenerations included (the first chunk's includes its session hooks'
+    ``adjust`` time).
+    ``hooks``: every session hook's report on the session's first chunk, empty on every later one.
     """
 
     chunk: int
@@ -35,9 +38,13 @@ class ChunkReport:
     decision_seconds: float
     policy_seconds: float
     chunk_seconds: float
+    hooks: tuple[HookReport, ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """JSON-ready: ``hooks`` becomes a list of ``{name, seconds, values}``."""
+        report = asdict(self)
+        report["hooks"] = list(report["hooks"])
+        return report
 
 
 @dataclass(frozen=True)

@@ -13,16 +13,23 @@ Why the rewind is exact: a block ``b > 0`` first enters the cache in the window 
 that window's denoising call only reads frames newer than any the window's write evicts, so dropping
 frames ``>= b`` restores the cache the window saw, minus the pruned tokens. Block 0 is the sink and is
 never inspected (there is no previous block to compare it with).
+
+Session hooks are refused: a hook takes part in the first chunk's own denoising steps, and Rolling Forcing
+has none. Block 0 is denoised inside the growing first windows, jointly with blocks 1..4 (one model call per
+window over all of them), so its steps cannot be adjusted alone without changing the blocks denoised with it;
+the first block is emitted only after blocks 1..4 have been partly denoised.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import replace
 
 import torch
 
 from tokentrim_server.engine.base import PolicyRunner
 from tokentrim_server.engine.report import ChunkResult
+from tokentrim_server.hooks.base import SessionHook
 from tokentrim_server.pipelines.base import Chunk
 from tokentrim_server.pipelines.rolling_forcing import RollingForcingStream
 from tokentrim_server.policies.base import CachePolicy, Stage
@@ -31,9 +38,25 @@ from tokentrim_server.policies.base import CachePolicy, Stage
 class RollingForcingRunner(PolicyRunner):
     pipeline_name = "rolling_forcing"
 
-    def __init__(self, stream: RollingForcingStream, policy: CachePolicy, seed: int | None = None) -> None:
-        super().__init__(stream, policy, seed)
+    def __init__(
+        self,
+        stream: RollingForcingStream,
+        policy: CachePolicy,
+        seed: int | None = None,
+        hooks: Sequence[SessionHook] = (),
+    ) -> None:
+        super().__init__(stream, policy, seed, hooks)
         self.stream: RollingForcingStream = stream
+
+    def _check_hooks(self) -> None:
+        super()._check_hooks()
+        if self.hooks:
+            names = ", ".join(hook.name for hook in self.hooks)
+            raise ValueError(
+                f"session hook(s) {names} need the self_forcing pipeline: a hook adjusts the first chunk's own "
+                "denoising steps, and Rolling Forcing denoises block 0 jointly with the next blocks inside its "
+                "growing first windows (one model call for all of them), so block 0 has no steps of its own"
+            )
 
     def _check_stage(self, stage: Stage | None) -> None:
         super()._check_stage(stage)

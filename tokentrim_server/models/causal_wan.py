@@ -18,6 +18,7 @@ from typing import Protocol
 import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
+from torch.utils.checkpoint import checkpoint
 
 from tokentrim_server.models.attention import attention_function, resolve_backend
 from tokentrim_server.models.rope import FrameRope, apply_rotary
@@ -65,7 +66,8 @@ class CausalWanTransformer(nn.Module):
 
     def __init__(self, base: WanTransformer3DModel, text_len: int = 512, attention_backend: str = "sdpa") -> None:
         super().__init__()
-        self.base = base
+        # The engine never trains: frozen parameters make a session hook's gradient reach the latent alone.
+        self.base = base.requires_grad_(False)
         self.text_len = text_len
         self.rope = FrameRope(base.rope)
         self.set_attention_backend(attention_backend)
@@ -146,6 +148,7 @@ class CausalWanTransformer(nn.Module):
         text: TextContext,
         context: AttentionContext,
         frame_start: int,
+        gradient_checkpointing: bool = False,
     ) -> torch.Tensor:
         """Predict the flow of a chunk.
 
@@ -155,6 +158,9 @@ class CausalWanTransformer(nn.Module):
             text: the session's cross-attention K/V.
             context: where self-attention keys come from (the session's cache).
             frame_start: absolute latent-frame index of the chunk's first frame.
+            gradient_checkpointing: when autograd records the call, keep only each transformer block's input
+                and recompute the block in the backward pass (the context must then be free of side effects,
+                as it is called again). Without grad mode the flag changes nothing.
 
         Returns:
             ``[B, F, C, H, W]`` flow prediction.
@@ -173,8 +179,14 @@ class CausalWanTransformer(nn.Module):
         modulation = embedder.time_proj(embedder.act_fn(temb)).unflatten(1, (6, -1)).unflatten(0, (batch, frames))
         temb = temb.unflatten(0, (batch, frames))
 
+        checkpointed = gradient_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(base.blocks):
-            hidden = self._block(index, block, hidden, modulation, text, context, rope)
+            if checkpointed:
+                hidden = checkpoint(
+                    self._block, index, block, hidden, modulation, text, context, rope, use_reentrant=False
+                )
+            else:
+                hidden = self._block(index, block, hidden, modulation, text, context, rope)
 
         shift, scale = (base.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
         hidden = _modulate(base.norm_out(hidden.float()), frames, shift, scale).type_as(hidden)

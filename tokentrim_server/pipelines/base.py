@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -89,6 +89,25 @@ class StreamBase:
     def next_chunk(self) -> Chunk:
         raise NotImplementedError
 
+    def recache(self, text: TextContext, chunks: Sequence[Chunk]) -> None:
+        """Switch to a new prompt at a chunk boundary, as LongLive does: re-encode the cached frames under it.
+
+        ``chunks`` are the emitted chunks in order; those whose frames are still cached are written again
+        with the new text's cross-attention, through the pipeline's own cache-writing call, so the next
+        chunk attends to a context consistent with the new prompt. Positions a cache policy pruned come
+        back whole (the recent context is rebuilt, not edited).
+        """
+        cached = set(self.cache.frames)
+        self.text = text
+        self.cache.clear()
+        for chunk in chunks:
+            if chunk.frame_start in cached:
+                self.rewrite_chunk(chunk)
+
+    def rewrite_chunk(self, chunk: Chunk) -> None:
+        """Write an emitted chunk's clean latents into the cache again (used by :meth:`recache`)."""
+        raise NotImplementedError
+
     def close(self) -> None:
         """Free the session's cache and text context."""
         self.cache.clear()
@@ -109,6 +128,25 @@ class StreamBase:
     ) -> torch.Tensor:
         """One model call; returns the flow prediction."""
         return self.model(latents, timesteps, self.text, context, frame_start)
+
+    def call_differentiable(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        frame_start: int,
+        context: AttentionContext,
+        gradient_checkpointing: bool = False,
+    ) -> torch.Tensor:
+        """:meth:`call` without its ``no_grad``: under grad mode the flow is differentiable w.r.t. ``latents``.
+
+        For session hooks (FlowMo). The parameters must be frozen (``CausalWanTransformer`` freezes them), so
+        ``latents`` stays the only leaf. ``context`` must not write into the session's cache: an in-place write
+        of a tensor that carries autograd history would tie the cache buffers to the graph (the engine passes a
+        scratch view). ``gradient_checkpointing``: see :meth:`CausalWanTransformer.forward`.
+        """
+        if any(parameter.requires_grad for parameter in self.model.parameters()):
+            raise RuntimeError("a differentiable call needs frozen model parameters (requires_grad_(False))")
+        return self.model(latents, timesteps, self.text, context, frame_start, gradient_checkpointing)
 
     def rotary(self, frame_start: int, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         height, width = self.block_shape[-2:]

@@ -94,14 +94,19 @@ class SelfForcingStream(StreamBase):
         self.emitted += 1
         return chunk
 
+    def rewrite_chunk(self, chunk: Chunk) -> None:
+        self._call(chunk.latents, self.options.context_noise, chunk.frame_start)
+        self.cache.commit(chunk.frame_start, chunk.latents.shape[1])
+
     # ------------------------------------------------------------------ model calls
     def _denoise(self, noisy: torch.Tensor, timestep: float) -> torch.Tensor:
         return to_x0(noisy, self._call(noisy, timestep), timestep)
 
-    def _call(self, latents: torch.Tensor, timestep: float) -> torch.Tensor:
-        context = BlockCausalContext(self.cache, self.rotary(self.frame_start, self.frames_per_block))
+    def _call(self, latents: torch.Tensor, timestep: float, frame_start: int | None = None) -> torch.Tensor:
+        frame_start = self.frame_start if frame_start is None else frame_start
+        context = BlockCausalContext(self.cache, self.rotary(frame_start, latents.shape[1]))
         timesteps = torch.full(latents.shape[:2], timestep, device=latents.device, dtype=torch.float32)
-        return self.call(latents, timesteps, self.frame_start, context)
+        return self.call(latents, timesteps, frame_start, context)
 
 
 class SelfForcingPipeline(PipelineBase):

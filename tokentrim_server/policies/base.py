@@ -14,14 +14,13 @@ one between sessions; :func:`tokentrim_server.policies.create_policy` builds a f
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import ClassVar, Literal
 
 import torch
 
 from tokentrim_server.policies.handle import CacheHandle
-from tokentrim_server.policies.params import Parameter, validate_params
+from tokentrim_server.policies.params import Configurable
 
 Stage = Literal["first_step", "final"]
 STAGES: tuple[Stage, ...] = ("first_step", "final")
@@ -81,28 +80,14 @@ class AcceptedChunk:
     regenerations: int
 
 
-class CachePolicy:
+class CachePolicy(Configurable):
     """Base class of cache policies; the defaults never inspect and never prune.
 
     Subclasses set ``name``, ``description`` and ``parameters`` and override the hooks they need. Validated
     parameters are in ``self.params`` (defaults filled in).
     """
 
-    name: ClassVar[str] = ""
-    description: ClassVar[str] = ""
-    parameters: ClassVar[tuple[Parameter, ...]] = ()
-
-    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
-        self.params = validate_params(self.parameters, params, owner=f"cache policy {self.name!r}")
-
-    @classmethod
-    def schema(cls) -> dict[str, Any]:
-        """JSON-ready description a server lists."""
-        return {
-            "name": cls.name,
-            "description": cls.description,
-            "parameters": [parameter.describe() for parameter in cls.parameters],
-        }
+    kind: ClassVar[str] = "cache policy"
 
     @property
     def stage(self) -> Stage | None:

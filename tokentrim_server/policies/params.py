@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
 
@@ -125,3 +125,27 @@ def validate_params(
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else str(value)
+
+
+class Configurable:
+    """What every plugin shares: a name, a description, and typed parameters validated at construction.
+
+    ``kind`` names the plugin family in error messages ("cache policy 'tokentrim' has no parameter ...").
+    """
+
+    kind: ClassVar[str] = "plugin"
+    name: ClassVar[str] = ""
+    description: ClassVar[str] = ""
+    parameters: ClassVar[tuple[Parameter, ...]] = ()
+
+    def __init__(self, params: Mapping[str, Any] | None = None) -> None:
+        self.params = validate_params(self.parameters, params, owner=f"{self.kind} {self.name!r}")
+
+    @classmethod
+    def schema(cls) -> dict[str, Any]:
+        """JSON-ready description a server lists."""
+        return {
+            "name": cls.name,
+            "description": cls.description,
+            "parameters": [parameter.describe() for parameter in cls.parameters],
+        }
