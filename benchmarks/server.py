@@ -59,7 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--chunks", type=int, default=8, help="chunks per session (default: %(default)s)")
     parser.add_argument("--policy", default="none", help="cache policy of every session")
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated session counts")
-    parser.add_argument("--repeats", type=int, default=2, help="overhead runs per side; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="overhead runs per side; the best is kept")
     return parser
 
 
@@ -115,17 +115,18 @@ def run_session(target: str, args: argparse.Namespace, seed: int, out: dict) -> 
 
 
 def overhead(args: argparse.Namespace, bundle: ModelBundle) -> dict:
-    in_process = min(in_process_seconds(args, bundle) for _ in range(args.repeats))
+    """Alternate in-process and served runs (so machine noise hits both alike) and keep each side's best."""
+    in_process, served = [], []
     with BackgroundServer(server_flags(args, 1), bundle) as server:
-        served = []
         for _ in range(args.repeats):
+            in_process.append(in_process_seconds(args, bundle))
             result: dict = {}
             run_session(server.target, args, 0, result)
             served.append(result["seconds"])
-    through_server = min(served)
     return {"benchmark": "server_overhead", "size": args.size, "device": args.device, "height": args.height,
-            "width": args.width, "chunks": args.chunks, "in_process_seconds": in_process,
-            "server_seconds": through_server, "overhead_ratio": through_server / in_process}
+            "width": args.width, "chunks": args.chunks, "repeats": args.repeats,
+            "in_process_seconds": min(in_process), "server_seconds": min(served),
+            "overhead_ratio": min(served) / min(in_process)}
 
 
 def concurrency(args: argparse.Namespace, bundle: ModelBundle, sessions: int) -> dict:
