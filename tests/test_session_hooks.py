@@ -95,7 +95,7 @@ def test_the_step_continues_with_the_prediction_made_before_the_adjustment(model
     stream = self_forcing_stream(model, 3)
     stream.prepare_block()
     noisy = stream.initial_noise(0)
-    flow = stream._call(noisy, stream.timesteps[0])
+    flow = stream.block_call(noisy, stream.timesteps[0])
     chunks = [stream.commit(stream.finish(to_x0(noisy + shift, flow, stream.timesteps[0]))).latents]
     chunks += [chunk.latents for chunk in stream]
     assert torch.equal(latents, torch.cat(chunks, dim=1))
@@ -108,7 +108,7 @@ def test_the_differentiable_call_reads_the_cache_and_writes_nothing(model) -> No
     stream.prepare_block()
     noisy = stream.initial_noise(1)
     timestep = stream.timesteps[0]
-    flow = stream._call(noisy, timestep)  # the plain call, leaving its K/V pending
+    flow = stream.block_call(noisy, timestep)  # the plain call, leaving its K/V pending
     cache = stream.cache
     snapshot = [(k.clone(), v.clone()) for k, v in (cache.keys_values(layer) for layer in range(cache.num_layers))]
     length, pending = cache.length, cache._pending

@@ -84,7 +84,7 @@ class HookedSelfForcing:
         if torch.is_inference_mode_enabled():
             raise RuntimeError("session hooks need autograd: do not run the runner under torch.inference_mode()")
         timestep = stream.timesteps[step]
-        flow = stream._call(noisy, timestep)  # the plain step's own call
+        flow = stream.block_call(noisy, timestep)  # the plain step's own call
         latent = noisy
         for index, hook in enumerate(self.hooks):
             offered = DenoisingStep(

@@ -88,21 +88,22 @@ class SelfForcingStream(StreamBase):
 
     def commit(self, x0: torch.Tensor) -> Chunk:
         """Write the clean block into the cache (a call at ``context_noise``) and advance."""
-        self._call(x0, self.options.context_noise)
+        self.block_call(x0, self.options.context_noise)
         self.cache.commit(self.frame_start, self.frames_per_block)
         chunk = Chunk(self.block, self.frame_start, x0)
         self.emitted += 1
         return chunk
 
     def rewrite_chunk(self, chunk: Chunk) -> None:
-        self._call(chunk.latents, self.options.context_noise, chunk.frame_start)
+        self.block_call(chunk.latents, self.options.context_noise, chunk.frame_start)
         self.cache.commit(chunk.frame_start, chunk.latents.shape[1])
 
     # ------------------------------------------------------------------ model calls
     def _denoise(self, noisy: torch.Tensor, timestep: float) -> torch.Tensor:
-        return to_x0(noisy, self._call(noisy, timestep), timestep)
+        return to_x0(noisy, self.block_call(noisy, timestep), timestep)
 
-    def _call(self, latents: torch.Tensor, timestep: float, frame_start: int | None = None) -> torch.Tensor:
+    def block_call(self, latents: torch.Tensor, timestep: float, frame_start: int | None = None) -> torch.Tensor:
+        """One no-grad model call on the current block (or the block at ``frame_start``); returns the flow."""
         frame_start = self.frame_start if frame_start is None else frame_start
         context = BlockCausalContext(self.cache, self.rotary(frame_start, latents.shape[1]))
         timesteps = torch.full(latents.shape[:2], timestep, device=latents.device, dtype=torch.float32)
