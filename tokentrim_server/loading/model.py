@@ -29,7 +29,7 @@ from tokentrim_server.loading.checkpoints import (
     read_transformer_config,
 )
 from tokentrim_server.loading.components import load_text_encoder, load_vae
-from tokentrim_server.loading.folder_settings import read_text_len
+from tokentrim_server.loading.folder_settings import WAN_DEFAULT_SIZE, read_settings
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.models.text_encoder import PromptEncoder
 from tokentrim_server.models.tiny import build_tiny_components
@@ -37,6 +37,7 @@ from tokentrim_server.models.tiny import build_tiny_components
 ORIGINAL_VAE = "Wan2.1_VAE.pth"
 ORIGINAL_T5 = "models_t5_umt5-xxl-enc-bf16.pth"
 ORIGINAL_TOKENIZER = "google/umt5-xxl"
+TINY_DEFAULT_SIZE = (128, 128)
 
 
 @dataclass(frozen=True)
@@ -64,11 +65,9 @@ class ModelBundle:
     transformer: CausalWanTransformer
     vae: AutoencoderKLWan
     prompt_encoder: PromptEncoder
-
-    @property
-    def default_size(self) -> tuple[int, int]:
-        """Frame ``(height, width)`` when none is asked for: Wan 2.1's 480x832, 128x128 for the tiny model."""
-        return (128, 128) if self.name == "tiny" else (480, 832)
+    # Frame (height, width) when a request names none: the folder's ``default_size`` setting, 128x128 for
+    # the tiny model, else Wan 2.1's 480x832.
+    default_size: tuple[int, int] = WAN_DEFAULT_SIZE
 
     @property
     def spatial_scale(self) -> int:
@@ -96,11 +95,13 @@ def load_model(spec: ModelSpec) -> ModelBundle:
     if spec.model == "tiny":
         parts = build_tiny_components(spec.seed)
         base, vae, encoder, text_len = parts.transformer, parts.vae, parts.prompt_encoder(), parts.text_len
+        default_size = TINY_DEFAULT_SIZE
     else:
         root = Path(spec.model)
         if not root.is_dir():
             raise FileNotFoundError(f"model folder not found: {root} (use 'tiny' for the embedded model)")
-        text_len = read_text_len(root)
+        settings = read_settings(root)
+        text_len, default_size = settings.text_len, settings.default_size
         if (root / "transformer").is_dir():
             base = WanTransformer3DModel.from_pretrained(root / "transformer", local_files_only=True)
             vae = load_vae(root)
@@ -119,7 +120,7 @@ def load_model(spec: ModelSpec) -> ModelBundle:
     if vae.dtype != dtype:  # only cast when needed: diffusers warns on every dtype cast of the VAE
         vae = vae.to(dtype)
     vae = vae.to(device).eval().requires_grad_(False)
-    return ModelBundle(spec.model, transformer, vae, encoder)
+    return ModelBundle(spec.model, transformer, vae, encoder, default_size)
 
 
 def _cast(model: WanTransformer3DModel, dtype: torch.dtype) -> WanTransformer3DModel:

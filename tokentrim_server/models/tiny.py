@@ -10,6 +10,7 @@ runs in milliseconds on a CPU, and can be written as a diffusers-format folder l
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,9 +103,11 @@ def tiny_text_encoder_config(vocab_size: int) -> UMT5Config:
     )
 
 
-def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
-    """A lower-casing word-level tokenizer that pads with id 0 and appends ``</s>`` like T5."""
-    vocab = {token: index for index, token in enumerate((*_SPECIAL_TOKENS, *_WORDS))}
+def build_tiny_tokenizer(
+    words: Sequence[str] = _WORDS, max_length: int = TINY_TEXT_LEN
+) -> PreTrainedTokenizerFast:
+    """A lower-casing word-level tokenizer over ``words`` that pads with id 0 and appends ``</s>`` like T5."""
+    vocab = {token: index for index, token in enumerate((*_SPECIAL_TOKENS, *dict.fromkeys(words)))}
     backend = Tokenizer(models.WordLevel(vocab=vocab, unk_token=UNK_TOKEN))
     backend.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     backend.pre_tokenizer = pre_tokenizers.Whitespace()
@@ -117,7 +120,7 @@ def build_tiny_tokenizer() -> PreTrainedTokenizerFast:
         pad_token=PAD_TOKEN,
         eos_token=EOS_TOKEN,
         unk_token=UNK_TOKEN,
-        model_max_length=TINY_TEXT_LEN,
+        model_max_length=max_length,
     )
 
 
@@ -144,9 +147,18 @@ def tiny_scheduler() -> FlowMatchEulerDiscreteScheduler:
 
 def save_tiny_model_folder(path: str | Path, seed: int = 0) -> Path:
     """Write the tiny model as a diffusers folder shaped like ``Wan2.1-T2V-1.3B-Diffusers``; returns it."""
+    return save_components_folder(build_tiny_components(seed), path)
+
+
+def save_components_folder(
+    components: TinyComponents, path: str | Path, default_size: tuple[int, int] | None = None
+) -> Path:
+    """Write ``components`` as a diffusers folder that ``load_model`` reads unmodified; returns it.
+
+    ``default_size`` (frame height, width) is recorded in ``tokentrim.json`` for models trained at one size.
+    """
     root = Path(path)
     root.mkdir(parents=True, exist_ok=True)
-    components = build_tiny_components(seed)
     # name -> (library, class name written to model_index.json, object to save). The tokenizer is named by
     # its public alias, which every transformers version can import, not by its v5 backend class.
     parts: dict[str, tuple[str, str, Any]] = {
@@ -161,5 +173,5 @@ def save_tiny_model_folder(path: str | Path, seed: int = 0) -> Path:
         part.save_pretrained(root / name)
         model_index[name] = [library, class_name]
     (root / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
-    write_settings(root, components.text_len)
+    write_settings(root, components.text_len, default_size)
     return root
