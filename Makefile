@@ -2,14 +2,24 @@
 # make demo: start the server on the embedded tiny model, stream a short video with the client CLI into
 #            out/demo.mp4, print where the metrics are, stop the server.
 # make proto: regenerate the gRPC code from proto/ (the tests fail when it is stale).
+# make lab-train: train a drift-lab model (LAB_PRESET, LAB_SEED; LAB_DEVICE=cuda on a GPU) into LAB_OUT.
+# make lab-gate: the quality gate of LAB_OUT (exit 1 when it fails).
+# make drift-report: the drift study over LAB_MODELS into docs/drift-lab.md (DRIFT_ARGS=--smoke: a quick run).
 VENV ?= .venv
 PYTHON := $(VENV)/bin/python
 PIP := $(PYTHON) -m pip
 STAMP := $(VENV)/.installed
 PLUGINS := $(wildcard plugins/*/pyproject.toml)
 PYTEST_ARGS ?=
+DEMO_ARGS ?=
+LAB_PRESET ?= smoke
+LAB_SEED ?= 0
+LAB_DEVICE ?= cpu
+LAB_OUT ?= drift_lab/weights/$(LAB_PRESET)-seed$(LAB_SEED)
+LAB_MODELS ?= $(sort $(dir $(wildcard drift_lab/weights/*/model_index.json)))
+DRIFT_ARGS ?=
 
-.PHONY: install test lint demo bench proto clean
+.PHONY: install test lint demo bench proto clean lab-train lab-gate drift-report
 
 install: $(STAMP)
 
@@ -31,13 +41,22 @@ test: lint
 	$(PYTHON) -m pytest -q $(PYTEST_ARGS)
 
 demo: $(STAMP)
-	$(PYTHON) -m tokentrim_server.cli.demo --out out/demo.mp4
+	$(PYTHON) -m tokentrim_server.cli.demo --out out/demo.mp4 $(DEMO_ARGS)
 
 proto: $(STAMP)
 	$(PYTHON) proto/generate.py
 
 bench: $(STAMP)
 	$(PYTHON) benchmarks/engine.py
+
+lab-train: $(STAMP)
+	$(PYTHON) -m drift_lab.train --preset $(LAB_PRESET) --seed $(LAB_SEED) --device $(LAB_DEVICE) --out $(LAB_OUT)
+
+lab-gate: $(STAMP)
+	$(PYTHON) -m drift_lab.gate $(LAB_OUT) --device $(LAB_DEVICE)
+
+drift-report: $(STAMP)
+	$(PYTHON) -m drift_lab.report --models $(LAB_MODELS) --device $(LAB_DEVICE) $(DRIFT_ARGS)
 
 clean:
 	rm -rf $(VENV) out .pytest_cache .ruff_cache

@@ -1,29 +1,43 @@
-"""Engine benchmark: seconds per chunk and frames per second for each pipeline.
+"""Engine benchmark: seconds per chunk, frames per second, time to first frame, for each pipeline.
 
     python benchmarks/engine.py                                   # tiny model on the CPU
     python benchmarks/engine.py --size 1.3b --random-weights --device cuda --height 480 --width 832
+    python benchmarks/engine.py --policy tokentrim --sessions 4   # 4 interleaved TokenTrim sessions
 
 ``--size 1.3b --random-weights`` builds the full Wan 2.1 T2V 1.3B architecture with random weights (no
-download): the speed is the real one. Prints a table, then one JSON object per pipeline.
+download): the speed is the real one. Per pipeline: an untimed warm-up session of ``--warmup`` chunks (its
+first frame is ``cold_time_to_first_frame_seconds``), then ``--sessions`` sessions opened together and run
+round-robin on the one device, ``1 + --chunks`` chunks each. A session's first chunk gives its time to first
+frame (prompt K/V, denoising and decode of chunk 0, from the moment it is opened); the ``--chunks`` after it
+are timed (denoising under the cache policy plus VAE decode) for the chunk latencies and the throughput.
+Prints a table, then one JSON object per pipeline.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import resource
 import statistics
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
+from tokentrim_server.cli.options import parse_option
+from tokentrim_server.engine import PolicyRunner, open_runner
+from tokentrim_server.engine.report import ChunkResult
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.models.tiny import tiny_transformer_config, tiny_vae_config
 from tokentrim_server.models.vae import StreamingVaeDecoder
+from tokentrim_server.pipelines.base import PipelineBase
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.registry import PIPELINES, build_pipeline
+from tokentrim_server.policies import create_policy
 
 # Wan 2.1 T2V 1.3B transformer (the config of Wan2.1-T2V-1.3B-Diffusers/transformer).
 WAN_1_3B = {
@@ -32,41 +46,70 @@ WAN_1_3B = {
     "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
 }
 SIZES = {"tiny": (tiny_transformer_config, tiny_vae_config, 16), "1.3b": (lambda: WAN_1_3B, dict, 512)}
+# Self Forcing's local window in the benchmark: the server's default (self_forcing_local_attn_frames).
+SELF_FORCING_WINDOW = 21
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
-    parser.add_argument("--random-weights", action="store_true", help="required for --size 1.3b (no weights here)")
+    add_component_arguments(parser)
     parser.add_argument("--pipeline", action="append", choices=sorted(PIPELINES), help="default: all")
-    parser.add_argument("--height", type=int, default=128)
-    parser.add_argument("--width", type=int, default=128)
-    parser.add_argument("--chunks", type=int, default=6, help="chunks timed per pipeline (after warm-up)")
-    parser.add_argument("--warmup", type=int, default=1, help="untimed chunks first")
-    parser.add_argument("--device", default="cpu")
-    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
-    parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument("--chunks", type=int, default=6, help="chunks timed per session, after its first")
+    parser.add_argument("--warmup", type=int, default=1, help="chunks of the untimed warm-up session (0: none)")
+    parser.add_argument("--sessions", type=int, default=1, help="sessions run round-robin on the device")
     parser.add_argument("--no-decode", action="store_true", help="time denoising only, without the VAE")
     return parser
 
 
-def _sync(device: torch.device) -> None:
+def add_component_arguments(parser: argparse.ArgumentParser) -> None:
+    """The model, device and session options shared with ``profile_chunk.py``."""
+    parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--random-weights", action="store_true", help="required for --size 1.3b (no weights here)")
+    parser.add_argument("--height", type=int, default=128)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                        help="default: float32 on CPU, bfloat16 on CUDA")
+    parser.add_argument("--attention-backend", default="auto", help="auto, sdpa, xformers or flash")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
+    parser.add_argument("--policy", default="none", help="cache policy from the registry (none, tokentrim, ...)")
+    parser.add_argument("--policy-param", action="append", type=parse_option, default=[], metavar="KEY=VALUE",
+                        help="a cache-policy parameter (JSON value); repeatable")
+
+
+def check_arguments(args: argparse.Namespace) -> None:
+    """Refuse bad values up front, naming the flag."""
+    for name in ("chunks", "sessions"):
+        if getattr(args, name, 1) <= 0:
+            raise SystemExit(f"--{name} must be > 0; got {getattr(args, name)}")
+    if getattr(args, "warmup", 0) < 0:
+        raise SystemExit(f"--warmup must be >= 0; got {args.warmup}")
+    if args.size != "tiny" and not args.random_weights:
+        raise SystemExit("--size 1.3b needs --random-weights (no weights can be loaded here)")
+    if args.height <= 0 or args.width <= 0 or args.height % 16 or args.width % 16:
+        raise SystemExit(f"--height and --width must be positive multiples of 16; got {args.height}x{args.width}")
+    try:
+        create_policy(args.policy, dict(args.policy_param))
+    except (LookupError, ValueError) as error:
+        raise SystemExit(f"--policy/--policy-param: {error}") from None
+
+
+def sync(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def _timed(fn: Callable[[], object], device: torch.device) -> tuple[object, float]:
-    _sync(device)
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
+    """``fn()`` and its wall time, the device's queued work included."""
+    sync(device)
     start = time.perf_counter()
     result = fn()
-    _sync(device)
+    sync(device)
     return result, time.perf_counter() - start
 
 
 def build_components(args: argparse.Namespace) -> tuple[CausalWanTransformer, AutoencoderKLWan, torch.Tensor]:
     """The transformer, the VAE (seeded random weights) and a random prompt for ``--size``/``--device``/``--dtype``."""
-    if args.size != "tiny" and not args.random_weights:
-        raise SystemExit("--size 1.3b needs --random-weights (no weights can be loaded here)")
     device = torch.device(args.device)
     dtype = {"float32": torch.float32, "bfloat16": torch.bfloat16}[
         args.dtype or ("float32" if device.type == "cpu" else "bfloat16")
@@ -76,59 +119,177 @@ def build_components(args: argparse.Namespace) -> tuple[CausalWanTransformer, Au
     with torch.device(device):
         base = WanTransformer3DModel.from_config(transformer_config()).to(dtype).eval()
         vae = AutoencoderKLWan(**vae_config()).to(dtype).eval()
-    model = CausalWanTransformer(base, text_len, args.attention_backend)
+    model = CausalWanTransformer(base, text_len, args.attention_backend, compile=args.compile)
     prompt = torch.randn(1, min(text_len, 64), base.config.text_dim, device=device, dtype=dtype)
     return model, vae, prompt
 
 
-def run(args: argparse.Namespace) -> list[dict]:
+def build_pipelines(model: CausalWanTransformer, names: Sequence[str] | None) -> list[PipelineBase]:
+    """The benchmarked pipelines; Self Forcing streams with the server's default local window."""
+    pipelines = []
+    for name in names or sorted(PIPELINES):
+        overrides = {"local_attn_frames": SELF_FORCING_WINDOW} if name == "self_forcing" else {}
+        pipelines.append(build_pipeline(name, model, overrides))
+    return pipelines
+
+
+@dataclass
+class BenchSession:
+    """One session: its policy runner, decoder and what its chunks cost."""
+
+    runner: PolicyRunner
+    decoder: StreamingVaeDecoder | None
+    opened: float
+    first_frame_seconds: float | None = None
+    chunks: int = 0
+    frames: int = 0
+    latencies: list[float] = field(default_factory=list)
+    denoise_times: list[float] = field(default_factory=list)
+    decode_times: list[float] = field(default_factory=list)
+    reports: list[Any] = field(default_factory=list)
+
+    def step(self, device: torch.device, record: bool) -> tuple[ChunkResult, torch.Tensor | None]:
+        """Denoise (under the policy) and decode the next chunk; ``record`` adds its timings to the session's."""
+        result, denoise = timed(self.runner.next_chunk, device)
+        latents = result.chunk.latents
+        if self.decoder is None:
+            decoded, decode = None, 0.0
+        else:
+            decoded, decode = timed(lambda: self.decoder.decode_chunk(latents), device)
+        if self.first_frame_seconds is None:
+            self.first_frame_seconds = time.perf_counter() - self.opened
+        self.chunks += 1
+        if record:
+            self.latencies.append(denoise + decode)
+            self.denoise_times.append(denoise)
+            self.decode_times.append(decode)
+            self.reports.append(result.report)
+            self.frames += 4 * latents.shape[1] if decoded is None else decoded.shape[1]
+        return result, decoded
+
+    def close(self) -> None:
+        self.runner.close()
+
+
+def open_session(
+    pipeline: PipelineBase,
+    prompt: torch.Tensor,
+    latent_shape: tuple[int, int, int],
+    vae: AutoencoderKLWan | None,
+    args: argparse.Namespace,
+    seed: int,
+) -> BenchSession:
+    """A fresh session (prompt K/V, cache, policy instance, decoder) with noise seed ``seed``."""
+    opened = time.perf_counter()
+    stream = pipeline.open(prompt, latent_shape, SeededNoise(seed), num_blocks=None)
+    policy = create_policy(args.policy, dict(args.policy_param))
+    decoder = None if vae is None else StreamingVaeDecoder(vae)
+    return BenchSession(open_runner(stream, policy, seed), decoder, opened)
+
+
+def peak_memory(device: torch.device) -> tuple[int, str]:
+    """Peak memory so far and what it measures (device allocations on CUDA, the process's RSS elsewhere)."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device), "cuda_max_memory_allocated"
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024, "process_max_rss"
+
+
+def percentile(values: Sequence[float], fraction: float) -> float:
+    """The nearest-rank percentile (no interpolation: a reported latency is one that happened)."""
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
+
+
+def bench_pipeline(
+    pipeline: PipelineBase,
+    prompt: torch.Tensor,
+    vae: AutoencoderKLWan | None,
+    args: argparse.Namespace,
+) -> dict[str, Any]:
+    model = pipeline.model
+    device = model.device
+    latent_shape = (model.config.in_channels, args.height // 8, args.width // 8)
+    cold_first_frame = None
+    if args.warmup:
+        warm = open_session(pipeline, prompt, latent_shape, vae, args, seed=0)
+        for _ in range(args.warmup):
+            warm.step(device, record=False)
+        cold_first_frame = warm.first_frame_seconds
+        warm.close()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    sessions = [open_session(pipeline, prompt, latent_shape, vae, args, seed) for seed in range(args.sessions)]
+    for number, session in enumerate(sessions):
+        print(f"[{pipeline.name}] first chunk of session {number}", file=sys.stderr, flush=True)
+        session.step(device, record=False)
+    started = time.perf_counter()
+    for index in range(args.chunks):
+        print(f"[{pipeline.name}] chunk {index + 1}/{args.chunks} x {args.sessions} session(s)", file=sys.stderr,
+              flush=True)
+        for session in sessions:
+            session.step(device, record=True)
+    wall = time.perf_counter() - started
+    memory, memory_kind = peak_memory(device)
+    for session in sessions:
+        session.close()
+    return summarize(pipeline, args, sessions, wall, cold_first_frame, memory, memory_kind)
+
+
+def summarize(
+    pipeline: PipelineBase,
+    args: argparse.Namespace,
+    sessions: list[BenchSession],
+    wall: float,
+    cold_first_frame: float | None,
+    memory: int,
+    memory_kind: str,
+) -> dict[str, Any]:
+    """The JSON record of one pipeline (the keys of earlier versions keep their meaning)."""
+    model = pipeline.model
+    latencies = [x for s in sessions for x in s.latencies]
+    timed_chunks = len(latencies)
+    frames = sum(s.frames for s in sessions)
+    reports = [r for s in sessions for r in s.reports]
+    first_frames = [s.first_frame_seconds for s in sessions]
+    return {
+        "pipeline": pipeline.name, "size": args.size, "device": str(model.device),
+        "dtype": str(model.dtype).removeprefix("torch."), "attention_backend": model.attention_backend,
+        "compile": model.compiled, "policy": args.policy, "policy_params": dict(args.policy_param),
+        "height": args.height, "width": args.width, "sessions": len(sessions), "chunks": args.chunks,
+        "seconds_per_chunk": sum(latencies) / timed_chunks,
+        "p50_chunk_seconds": statistics.median(latencies),
+        "p95_chunk_seconds": percentile(latencies, 0.95),
+        "denoise_seconds_per_chunk": sum(x for s in sessions for x in s.denoise_times) / timed_chunks,
+        "decode_seconds_per_chunk": sum(x for s in sessions for x in s.decode_times) / timed_chunks,
+        # Throughput of all sessions together, and what each one's viewer sees.
+        "frames_per_second": frames / wall,
+        "per_session_frames_per_second": [s.frames / wall for s in sessions],
+        "time_to_first_frame_seconds": first_frames[0],
+        "max_time_to_first_frame_seconds": max(first_frames),
+        "session_time_to_first_frame_seconds": first_frames,
+        "cold_time_to_first_frame_seconds": cold_first_frame,
+        "policy_seconds_per_chunk": sum(r.policy_seconds for r in reports) / timed_chunks,
+        "triggered_chunks": sum(r.triggered for r in reports),
+        "regenerations": sum(r.regenerations for r in reports),
+        "peak_memory_bytes": memory, "peak_memory_kind": memory_kind,
+    }
+
+
+def run(args: argparse.Namespace) -> list[dict[str, Any]]:
+    check_arguments(args)
     model, vae, prompt = build_components(args)
-    device, dtype = torch.device(args.device), model.dtype
-    latent_shape = (16, args.height // 8, args.width // 8)
-    results = []
-    for name in args.pipeline or sorted(PIPELINES):
-        overrides = {"local_attn_frames": 21} if name == "self_forcing" else {}
-        pipeline = build_pipeline(name, model, overrides)
-        stream = pipeline.open(prompt, latent_shape, SeededNoise(0), num_blocks=None)
-        decoder = StreamingVaeDecoder(vae)
-        if device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats(device)
-        latencies, decode_times, frames = [], [], 0
-        first_frame = None
-        opened = time.perf_counter()
-        for index in range(args.warmup + args.chunks):
-            chunk, seconds = _timed(stream.next_chunk, device)
-            decoded, decode_seconds = (None, 0.0) if args.no_decode else _timed(
-                lambda c=chunk, d=decoder: d.decode_chunk(c.latents), device
-            )
-            if first_frame is None:
-                first_frame = time.perf_counter() - opened
-            if index >= args.warmup:
-                latencies.append(seconds + decode_seconds)
-                decode_times.append(decode_seconds)
-                frames += 4 * chunk.latents.shape[1] if decoded is None else decoded.shape[1]
-        stream.close()
-        total = sum(latencies)
-        ordered = sorted(latencies)
-        results.append({
-            "pipeline": name, "size": args.size, "device": str(device), "dtype": str(dtype).removeprefix("torch."),
-            "attention_backend": model.attention_backend, "height": args.height, "width": args.width,
-            "chunks": args.chunks, "seconds_per_chunk": total / args.chunks,
-            "p50_chunk_seconds": statistics.median(latencies),
-            "p95_chunk_seconds": ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))],
-            "decode_seconds_per_chunk": sum(decode_times) / args.chunks,
-            "frames_per_second": frames / total, "time_to_first_frame_seconds": first_frame,
-            "peak_memory_bytes": torch.cuda.max_memory_allocated(device) if device.type == "cuda" else None,
-        })
-    return results
+    decoder_vae = None if args.no_decode else vae
+    return [bench_pipeline(pipeline, prompt, decoder_vae, args) for pipeline in build_pipelines(model, args.pipeline)]
 
 
 def main(argv: list[str] | None = None) -> int:
     results = run(build_parser().parse_args(argv))
-    print(f"{'pipeline':<16}{'s/chunk':>10}{'p95 s':>10}{'frames/s':>10}{'first frame s':>15}")
+    print(f"{'pipeline':<16}{'sessions':>9}{'s/chunk':>10}{'p95 s':>10}{'frames/s':>10}{'first frame s':>15}"
+          f"{'peak MiB':>10}")
     for r in results:
-        print(f"{r['pipeline']:<16}{r['seconds_per_chunk']:>10.3f}{r['p95_chunk_seconds']:>10.3f}"
-              f"{r['frames_per_second']:>10.1f}{r['time_to_first_frame_seconds']:>15.3f}")
+        print(f"{r['pipeline']:<16}{r['sessions']:>9}{r['seconds_per_chunk']:>10.3f}{r['p95_chunk_seconds']:>10.3f}"
+              f"{r['frames_per_second']:>10.1f}{r['time_to_first_frame_seconds']:>15.3f}"
+              f"{r['peak_memory_bytes'] / 2**20:>10.0f}")
     for r in results:
         print(json.dumps(r))
     return 0

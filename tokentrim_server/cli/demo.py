@@ -1,9 +1,9 @@
 """``make demo``: start the server on the embedded model, stream a short video with the client CLI, stop it.
 
-Runs ``tokentrim-server --model tiny`` on free localhost ports, waits until its health check says SERVING,
-streams a prompt into ``out/demo.mp4`` with ``tokentrim-client stream`` (with one prompt switch and the
-TokenTrim policy when it is installed), prints where the metrics are and a few of their values, then stops
-the server with SIGTERM, as an orchestrator would.
+Runs ``tokentrim-server --model tiny`` (or ``--model FOLDER``, e.g. a drift-lab model) on free localhost
+ports, waits until its health check says SERVING, streams a prompt into ``out/demo.mp4`` with
+``tokentrim-client stream`` (with one prompt switch and the TokenTrim policy when it is installed), prints
+where the metrics are and a few of their values, then stops the server with SIGTERM, as an orchestrator would.
 """
 
 from __future__ import annotations
@@ -50,12 +50,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--switch", default="3:a blue boat sails across a calm lake", help="CHUNK:PROMPT")
     parser.add_argument("--chunks", type=int, default=6)
     parser.add_argument("--out", default="out/demo.mp4")
+    parser.add_argument("--model", default="tiny", help="tiny (embedded) or a model folder, e.g. drift_lab/weights/...")
     args = parser.parse_args(argv)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
     server = subprocess.Popen([
-        sys.executable, "-m", "tokentrim_server.server", "--model", "tiny", "--listen", target,
+        sys.executable, "-m", "tokentrim_server.server", "--model", args.model, "--listen", target,
         "--metrics-address", "127.0.0.1", "--metrics-port", str(metrics_port), "--log-level", "WARNING",
     ])
     try:

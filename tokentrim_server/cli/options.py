@@ -25,6 +25,8 @@ def add_model_arguments(parser: argparse.ArgumentParser) -> None:
                        help="weights and activations (default: float32 on CPU, bfloat16 on CUDA)")
     group.add_argument("--attention-backend", default="auto", choices=["auto", "sdpa", "xformers", "flash"],
                        help="attention kernels; auto prefers flash, then xformers, on CUDA")
+    group.add_argument("--compile", action="store_true",
+                       help="torch.compile the transformer blocks (slow first chunks; see docs/performance.md)")
 
 
 def model_spec(args: argparse.Namespace) -> ModelSpec:
@@ -36,6 +38,7 @@ def model_spec(args: argparse.Namespace) -> ModelSpec:
         device=args.device,
         dtype=dtype,
         attention_backend=args.attention_backend,
+        compile=args.compile,
     )
 
 

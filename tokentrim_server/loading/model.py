@@ -49,6 +49,7 @@ class ModelSpec:
     dtype: str = "float32"
     attention_backend: str = "auto"
     seed: int = 0  # weights of the tiny model
+    compile: bool = False  # torch.compile the transformer blocks (docs/performance.md); False: eager reference
 
     def torch_dtype(self) -> torch.dtype:
         dtypes = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -115,7 +116,7 @@ def load_model(spec: ModelSpec) -> ModelBundle:
     if spec.checkpoint is not None:
         load_weights(base, normalize_keys(read_state_dict(spec.checkpoint, spec.checkpoint_key)))
     base = _cast(base, dtype).to(device).eval().requires_grad_(False)
-    transformer = CausalWanTransformer(base, text_len, spec.attention_backend)
+    transformer = CausalWanTransformer(base, text_len, spec.attention_backend, spec.compile)
     encoder.text_encoder.to(device=device, dtype=dtype)
     if vae.dtype != dtype:  # only cast when needed: diffusers warns on every dtype cast of the VAE
         vae = vae.to(dtype)

@@ -8,22 +8,35 @@ modules and weights:
 * rotary embedding taken at the chunk's absolute latent-frame index;
 * self-attention of the chunk over keys supplied by the pipeline's cache (an :class:`AttentionContext`),
   and cross-attention over text K/V computed once per session (:class:`TextContext`).
+
+A block runs as two pure tensor functions (:func:`block_qkv`, :func:`block_update`) around the context's
+cache write, so the optional ``torch.compile`` path (``compile=True``, see :mod:`.compile`) compiles exactly
+the arithmetic the eager reference path runs. ``tt::`` profiler ranges mark the attention kernels and the
+cache step for ``benchmarks/profile_chunk.py``; they cost one flag check when no profiler is active.
 """
 
 from __future__ import annotations
 
+import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Protocol
 
 import torch
 from diffusers import WanTransformer3DModel
 from torch import nn
+from torch.profiler import record_function
 from torch.utils.checkpoint import checkpoint
 
-from tokentrim_server.models.attention import attention_function, resolve_backend
+from tokentrim_server.models.attention import AttentionFn, attention_function, resolve_backend
+from tokentrim_server.models.compile import DynamicCompiled, compile_unavailable_reason
 from tokentrim_server.models.rope import FrameRope, apply_rotary
 
 Tables = tuple[torch.Tensor, torch.Tensor]
+Modulation = tuple[torch.Tensor, ...]  # shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn
+# Rotary tables kept per chunk geometry: every call of a chunk (4 denoising steps + the cache write) and its
+# context reuse one pair instead of rebuilding it on the host and copying it to the device each time.
+ROTARY_CACHE_SIZE = 8
 
 
 @dataclass(frozen=True)
@@ -64,13 +77,21 @@ class TextContext:
 class CausalWanTransformer(nn.Module):
     """A ``WanTransformer3DModel`` run chunk by chunk against a KV cache."""
 
-    def __init__(self, base: WanTransformer3DModel, text_len: int = 512, attention_backend: str = "sdpa") -> None:
+    def __init__(
+        self,
+        base: WanTransformer3DModel,
+        text_len: int = 512,
+        attention_backend: str = "sdpa",
+        compile: bool = False,
+    ) -> None:
         super().__init__()
         # The engine never trains: frozen parameters make a session hook's gradient reach the latent alone.
         self.base = base.requires_grad_(False)
         self.text_len = text_len
         self.rope = FrameRope(base.rope)
+        self._rotary_cache: OrderedDict[tuple, Tables] = OrderedDict()
         self.set_attention_backend(attention_backend)
+        self.set_compile(compile)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -104,6 +125,26 @@ class CausalWanTransformer(nn.Module):
     def set_attention_backend(self, name: str) -> None:
         self.attention_backend = resolve_backend(name, self.device)
         self._attend = attention_function(self.attention_backend)
+        # The eager path's kernels inside profiler ranges (built once, not per call).
+        self._attend_self = _ranged("tt::self_attention", self._attend)
+        self._attend_cross = _ranged("tt::cross_attention", self._attend)
+
+    def set_compile(self, enabled: bool) -> None:
+        """Run no-grad block calls through ``torch.compile`` (``True``) or eagerly (``False``, the reference).
+
+        Calls under grad mode (session hooks) always run eagerly. Raises ``ValueError`` when inductor cannot
+        run on the model's device here.
+        """
+        self.compiled = bool(enabled)
+        self._compiled_qkv = self._compiled_update = None
+        if not enabled:
+            return
+        reason = compile_unavailable_reason(self.device)
+        if reason is not None:
+            raise ValueError(f"compile is not available on {self.device.type}: {reason}")
+        self._compiled_qkv = DynamicCompiled(block_qkv, dynamic_args=())
+        # keys and values (arguments 3 and 4) grow with the cache and shrink when a policy prunes it.
+        self._compiled_update = DynamicCompiled(block_update, dynamic_args=(3, 4))
 
     def tokens_per_frame(self, latent_height: int, latent_width: int) -> int:
         _, ph, pw = self.patch_size
@@ -165,6 +206,18 @@ class CausalWanTransformer(nn.Module):
         Returns:
             ``[B, F, C, H, W]`` flow prediction.
         """
+        with _profile_range("tt::transformer"):
+            return self._forward(latents, timesteps, text, context, frame_start, gradient_checkpointing)
+
+    def _forward(
+        self,
+        latents: torch.Tensor,
+        timesteps: torch.Tensor,
+        text: TextContext,
+        context: AttentionContext,
+        frame_start: int,
+        gradient_checkpointing: bool,
+    ) -> torch.Tensor:
         base = self.base
         geo = self.geometry(latents, frame_start)
         batch, frames = timesteps.shape
@@ -203,34 +256,33 @@ class CausalWanTransformer(nn.Module):
         context: AttentionContext,
         rope: Tables,
     ) -> torch.Tensor:
-        frames = modulation.shape[1]
-        params = (block.scale_shift_table.unsqueeze(0) + modulation.float()).chunk(6, dim=2)
-        shift_msa, scale_msa, gate_msa, shift_ffn, scale_ffn, gate_ffn = params
-
-        # 1. Self-attention over [context keys; own keys].
-        attn = block.attn1
-        normed = _modulate(block.norm1(hidden.float()), frames, shift_msa, scale_msa).type_as(hidden)
-        q = attn.norm_q(attn.to_q(normed)).unflatten(2, (self.num_heads, -1))
-        k = attn.norm_k(attn.to_k(normed)).unflatten(2, (self.num_heads, -1))
-        v = attn.to_v(normed).unflatten(2, (self.num_heads, -1))
-        keys, values = context.keys_values(index, k, v)
-        out = attn.to_out[0](self._attend(apply_rotary(q, rope), keys, values).flatten(2))
-        hidden = (hidden.float() + _gate(out, frames, gate_msa)).type_as(hidden)
-
-        # 2. Cross-attention to the prompt (cached K/V).
-        cross = block.attn2
-        normed = block.norm2(hidden.float()).type_as(hidden)
-        q = cross.norm_q(cross.to_q(normed)).unflatten(2, (self.num_heads, -1))
-        out = self._attend(q, text.keys[index], text.values[index]).flatten(2)
-        hidden = hidden + cross.to_out[0](out)
-
-        # 3. Feed-forward.
-        normed = _modulate(block.norm3(hidden.float()), frames, shift_ffn, scale_ffn).type_as(hidden)
-        out = block.ffn(normed)
-        return (hidden.float() + _gate(out.float(), frames, gate_ffn)).type_as(hidden)
+        params = tuple((block.scale_shift_table.unsqueeze(0) + modulation.float()).chunk(6, dim=2))
+        if self.compiled and not torch.is_grad_enabled():
+            qkv, update = self._compiled_qkv, self._compiled_update
+            attend_self = attend_cross = self._attend
+        else:
+            qkv, update = block_qkv, block_update
+            attend_self, attend_cross = self._attend_self, self._attend_cross
+        q, k, v = qkv(block, hidden, params, self.num_heads)
+        with _profile_range("tt::kv_cache"):
+            keys, values = context.keys_values(index, k, v)
+        return update(
+            block, hidden, q, keys, values, rope, params, text.keys[index], text.values[index], attend_self,
+            attend_cross,
+        )
 
     def rotary(self, geo: ChunkGeometry, device: torch.device) -> Tables:
-        return self.rope.tables(geo.frame_start, geo.num_frames, geo.height, geo.width, device)
+        """Cos/sin tables of ``geo`` on ``device`` (the same read-only tensors for repeated geometries)."""
+        key = (geo, torch.device(device))
+        tables = self._rotary_cache.get(key)
+        if tables is None:
+            tables = self.rope.tables(geo.frame_start, geo.num_frames, geo.height, geo.width, device)
+            self._rotary_cache[key] = tables
+            if len(self._rotary_cache) > ROTARY_CACHE_SIZE:
+                self._rotary_cache.popitem(last=False)
+        else:
+            self._rotary_cache.move_to_end(key)
+        return tables
 
     def _unpatchify(self, hidden: torch.Tensor, geo: ChunkGeometry, batch: int) -> torch.Tensor:
         pt, ph, pw = self.patch_size
@@ -239,6 +291,70 @@ class CausalWanTransformer(nn.Module):
         hidden = hidden.permute(0, 1, 4, 7, 2, 5, 3, 6)
         frames = geo.num_frames * pt
         return hidden.reshape(batch, frames, -1, geo.height * ph, geo.width * pw)
+
+
+def block_qkv(
+    block: nn.Module, hidden: torch.Tensor, params: Modulation, heads: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Self-attention inputs of a block: modulated norm, then q/k/v projections and q/k norms."""
+    shift_msa, scale_msa = params[0], params[1]
+    frames = shift_msa.shape[1]
+    attn = block.attn1
+    normed = _modulate(block.norm1(hidden.float()), frames, shift_msa, scale_msa).type_as(hidden)
+    q = attn.norm_q(attn.to_q(normed)).unflatten(2, (heads, -1))
+    k = attn.norm_k(attn.to_k(normed)).unflatten(2, (heads, -1))
+    v = attn.to_v(normed).unflatten(2, (heads, -1))
+    return q, k, v
+
+
+def block_update(
+    block: nn.Module,
+    hidden: torch.Tensor,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    rope: Tables,
+    params: Modulation,
+    text_keys: torch.Tensor,
+    text_values: torch.Tensor,
+    attend_self: AttentionFn,
+    attend_cross: AttentionFn,
+) -> torch.Tensor:
+    """The rest of a block once the context supplied ``keys``/``values``: attentions, FFN, gated residuals."""
+    _, _, gate_msa, shift_ffn, scale_ffn, gate_ffn = params
+    frames = gate_msa.shape[1]
+    # 1. Self-attention over [context keys; own keys].
+    attn = block.attn1
+    out = attn.to_out[0](attend_self(apply_rotary(q, rope), keys, values).flatten(2))
+    hidden = (hidden.float() + _gate(out, frames, gate_msa)).type_as(hidden)
+
+    # 2. Cross-attention to the prompt (cached K/V).
+    cross = block.attn2
+    normed = block.norm2(hidden.float()).type_as(hidden)
+    heads = text_keys.shape[2]
+    q = cross.norm_q(cross.to_q(normed)).unflatten(2, (heads, -1))
+    out = attend_cross(q, text_keys, text_values).flatten(2)
+    hidden = hidden + cross.to_out[0](out)
+
+    # 3. Feed-forward.
+    normed = _modulate(block.norm3(hidden.float()), frames, shift_ffn, scale_ffn).type_as(hidden)
+    out = block.ffn(normed)
+    return (hidden.float() + _gate(out.float(), frames, gate_ffn)).type_as(hidden)
+
+
+def _profile_range(name: str) -> contextlib.AbstractContextManager:
+    """A profiler range named ``name`` while a profiler records, else nothing (cheap on the hot path)."""
+    return record_function(name) if torch.autograd._profiler_enabled() else contextlib.nullcontext()
+
+
+def _ranged(name: str, attend: AttentionFn) -> AttentionFn:
+    """``attend`` inside the profiler range ``name`` (eager path only: compiled graphs carry no ranges)."""
+
+    def call(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        with _profile_range(name):
+            return attend(q, k, v)
+
+    return call
 
 
 def _modulate(normed: torch.Tensor, frames: int, shift: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:

@@ -72,7 +72,8 @@ class StreamBase:
         self.block_shape = (self.batch, frames_per_block, *latent_shape)
         self.tokens_per_frame = model.tokens_per_frame(latent_shape[1], latent_shape[2])
         self.cache = KVCache(model.num_layers, self.tokens_per_frame, self.options.sink_frames)
-        self.emitted = 0
+        self.emitted = 0  # chunks produced so far, prefilled ones included
+        self.prefilled = 0  # of which given by :meth:`prefill`
 
     def __iter__(self) -> Iterator[Chunk]:
         return self
@@ -87,6 +88,55 @@ class StreamBase:
         return self.num_blocks is not None and self.emitted >= self.num_blocks
 
     def next_chunk(self) -> Chunk:
+        raise NotImplementedError
+
+    @property
+    def generating(self) -> bool:
+        """Whether generation has begun (a chunk was generated, or a subclass has work in flight)."""
+        return self.emitted > self.prefilled
+
+    def prefill(self, chunks: Sequence[Chunk]) -> None:
+        """Start the session from given clean chunks (video extension): cache them as if the stream had emitted them.
+
+        ``chunks`` must be consecutive blocks starting at the next block (block 0 for a fresh stream), each with
+        the stream's block shape ``[B, frames_per_block, C, H, W]``, and must come before the first generated
+        chunk. Each is written through the pipeline's own cache-writing path (:meth:`prefill_chunk`), so what
+        follows attends to them exactly as to chunks the stream produced; they count as emitted (``emitted``,
+        ``done``) but are not yielded. Everything is checked before anything is written.
+        """
+        if self.generating:
+            raise ValueError(
+                f"chunks can only be prefilled before the first generated chunk; this stream has started "
+                f"generating ({self.emitted - self.prefilled} chunk(s) generated)"
+            )
+        chunks = list(chunks)
+        if not chunks:
+            raise ValueError("chunks must hold at least one chunk to prefill")
+        if self.num_blocks is not None and self.emitted + len(chunks) > self.num_blocks:
+            raise ValueError(
+                f"chunks: {len(chunks)} prefilled after {self.emitted} would exceed the stream's num_blocks "
+                f"{self.num_blocks}"
+            )
+        for offset, chunk in enumerate(chunks):
+            index = self.emitted + offset
+            if chunk.index != index or chunk.frame_start != index * self.frames_per_block:
+                raise ValueError(
+                    f"chunks must be consecutive blocks from block {self.emitted}: chunks[{offset}] is block "
+                    f"{chunk.index} at frame {chunk.frame_start}, expected block {index} at frame "
+                    f"{index * self.frames_per_block}"
+                )
+            if tuple(chunk.latents.shape) != self.block_shape:
+                raise ValueError(
+                    f"chunks[{offset}].latents must have the stream's block shape {list(self.block_shape)}; "
+                    f"got {list(chunk.latents.shape)}"
+                )
+        for chunk in chunks:
+            latents = chunk.latents.to(device=self.model.device, dtype=self.model.dtype)
+            self.prefill_chunk(Chunk(chunk.index, chunk.frame_start, latents))
+            self.prefilled += 1
+
+    def prefill_chunk(self, chunk: Chunk) -> None:
+        """Write one checked chunk (the next block) into the cache as the pipeline would, and advance ``emitted``."""
         raise NotImplementedError
 
     def recache(self, text: TextContext, chunks: Sequence[Chunk]) -> None:

@@ -107,6 +107,23 @@ class RollingForcingStream(StreamBase):
         self.emitted += 1
         return Chunk(oldest.index, oldest.index * self.frames_per_block, x0[0])
 
+    @property
+    def generating(self) -> bool:
+        return super().generating or bool(self.window) or self.next_block > self.emitted
+
+    def prefill_chunk(self, chunk: Chunk) -> None:
+        """Store the block's clean K/V with the pipeline's cache-writing call and advance past it.
+
+        The cache then holds exactly what a plain run holds after emitting the same blocks (a block other than
+        the sink is written once, when final, and the sink's last write is of its final x0). The block after
+        the prefill is *not* the plain run's, though: in a plain run it was denoised jointly with the
+        preceding blocks while they were still noisy in the window, whereas after a prefill the window starts
+        empty at that block and grows from it, attending to the given blocks as clean cached context.
+        """
+        self._write_cache(chunk.index, chunk.latents)
+        self.next_block += 1
+        self.emitted += 1
+
     def rewrite_chunk(self, chunk: Chunk) -> None:
         self._write_cache(chunk.index, chunk.latents)
 

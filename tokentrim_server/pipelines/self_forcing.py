@@ -94,6 +94,15 @@ class SelfForcingStream(StreamBase):
         self.emitted += 1
         return chunk
 
+    def prefill_chunk(self, chunk: Chunk) -> None:
+        """The block's eviction rule, then its cache-writing call and commit, exactly as after generating it.
+
+        So prefilling blocks ``0..k-1`` with a run's own chunks and generating block ``k`` reproduces that run's
+        block ``k`` (global or local attention alike): every call sees the cache it saw in the run.
+        """
+        self.prepare_block()
+        self.commit(chunk.latents)
+
     def rewrite_chunk(self, chunk: Chunk) -> None:
         self.block_call(chunk.latents, self.options.context_noise, chunk.frame_start)
         self.cache.commit(chunk.frame_start, chunk.latents.shape[1])

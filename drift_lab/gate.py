@@ -1,0 +1,149 @@
+"""The quality gate: is a lab model good enough, inside its training horizon, for its drift to mean anything?
+
+A drift evaluation of a model that cannot even reproduce the world inside the clips it was trained on
+measures nothing but the model's failure. Inside the training horizon (``clip_chunks`` chunks, from
+``training.json``; 3 when absent), with the plain pipeline (arm ``none``, Self Forcing) on held-out scenes:
+
+* free rollout: prefill the true first chunk, generate the rest of the clip; over the generated frames the
+  object-count error must be < 0.1, the colour error < 0.1 and the mean object survival > 0.99 (objects
+  surviving in more than 99% of (object, frame) pairs);
+* teacher forcing: for every chunk ``k >= 1`` of the clip, prefill the true chunks before it and generate
+  chunk ``k`` alone; its PSNR against the truth must be > 25 dB.
+
+``python -m drift_lab.gate FOLDER [--seeds N] [--json]`` prints each metric with its threshold and verdict
+and exits 0 when every check passes, 1 otherwise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from drift_lab.arms import CONTROL, get_arm
+from drift_lab.measure import FrameMetrics
+from drift_lab.rollout import EVALUATION_SEED_OFFSET, LabModel, load_lab_model, make_truth, run_rollout
+
+PIPELINE = "self_forcing"
+
+
+@dataclass(frozen=True)
+class Check:
+    """One gate criterion: ``value`` must be ``below`` (or above) ``threshold``."""
+
+    metric: str
+    threshold: float
+    below: bool
+    description: str
+
+    def passes(self, value: float) -> bool:
+        if math.isnan(value):  # e.g. no object ever found: nothing was shown to be right
+            return False
+        return value < self.threshold if self.below else value > self.threshold
+
+
+CHECKS: tuple[Check, ...] = (
+    Check("count_error", 0.1, True, "mean |detected - true object count| per frame, free rollout"),
+    Check("colour_error", 0.1, True, "mean colour error of found objects, [0, 1], free rollout"),
+    Check("survival", 0.99, False, "fraction of true objects found, over (object, frame), free rollout"),
+    Check("teacher_forced_psnr", 25.0, False, "dB of one chunk generated after the true chunks before it"),
+)
+
+
+def free_rollout_values(metrics: Sequence[FrameMetrics]) -> dict[str, float]:
+    """Gate values of free rollouts: frame means pooled over every rollout (NaN frames ignored)."""
+
+    def pooled(name: str) -> float:
+        values = np.concatenate([np.asarray(getattr(item, name), dtype=np.float64) for item in metrics])
+        values = values[~np.isnan(values)]
+        return float(values.mean()) if values.size else math.nan
+
+    return {name: pooled(name) for name in ("count_error", "colour_error", "survival")}
+
+
+def verdict(values: dict[str, float]) -> dict[str, Any]:
+    """Every check with its value, threshold and pass/fail, and the overall ``pass``."""
+    missing = [check.metric for check in CHECKS if check.metric not in values]
+    if missing:
+        raise ValueError(f"values lack gate metric(s) {', '.join(missing)}")
+    checks = {
+        check.metric: {
+            "value": values[check.metric],
+            "threshold": check.threshold,
+            "rule": "<" if check.below else ">",
+            "pass": check.passes(values[check.metric]),
+            "description": check.description,
+        }
+        for check in CHECKS
+    }
+    return {"checks": checks, "pass": all(entry["pass"] for entry in checks.values())}
+
+
+def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dict[str, Any]:
+    """Run the gate's rollouts on ``seeds`` held-out scenes; returns :func:`verdict` plus what was run."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1; got {seeds}")
+    arm = get_arm(PIPELINE, CONTROL)
+    clip = model.clip_chunks
+    free: list[FrameMetrics] = []
+    psnr: list[np.ndarray] = []
+    started = time.perf_counter()
+    for number in range(seeds):
+        truth = make_truth(model, EVALUATION_SEED_OFFSET + number, clip - 1)  # the last chunk is never prefilled
+        free.append(run_rollout(model, arm, truth, 1, clip - 1).metrics)
+        for chunk in range(1, clip):
+            psnr.append(run_rollout(model, arm, truth, chunk, 1).metrics.psnr)
+        if progress:
+            elapsed = time.perf_counter() - started
+            print(f"gate: seed {number + 1}/{seeds}, {elapsed:.1f} s", file=sys.stderr, flush=True)
+    values = {**free_rollout_values(free), "teacher_forced_psnr": float(np.concatenate(psnr).mean())}
+    return {
+        "model": model.name,
+        "pipeline": PIPELINE,
+        "clip_chunks": clip,
+        "seeds": seeds,
+        "first_seed": EVALUATION_SEED_OFFSET,
+        **verdict(values),
+    }
+
+
+def format_table(result: dict[str, Any]) -> str:
+    """A human-readable rendering of :func:`evaluate_gate`'s result."""
+    lines = [f"quality gate of {result['model']} ({result['seeds']} seeds, clip of {result['clip_chunks']} chunks)"]
+    for metric, entry in result["checks"].items():
+        mark = "pass" if entry["pass"] else "FAIL"
+        lines.append(f"  {metric:<20} {entry['value']:9.4f} {entry['rule']} {entry['threshold']:<6g} {mark}")
+    lines.append("PASS" if result["pass"] else "FAIL")
+    return "\n".join(lines)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m drift_lab.gate", description=__doc__.split("\n\n")[0])
+    parser.add_argument("folder", help="lab model folder (as written by python -m drift_lab.train)")
+    parser.add_argument("--seeds", type=int, default=8, help="held-out scenes to evaluate (default: %(default)s)")
+    parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
+    parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
+                        help="model dtype (default: %(default)s)")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    if args.seeds < 1:
+        raise SystemExit("--seeds must be >= 1")
+    model = load_lab_model(args.folder, device=args.device, dtype=args.dtype)
+    result = evaluate_gate(model, args.seeds, progress=True)
+    print(json.dumps(result, indent=2) if args.json else format_table(result))
+    return 0 if result["pass"] else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

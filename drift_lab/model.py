@@ -1,0 +1,355 @@
+"""The lab model: a small model of the server's architecture (Wan 2.1 layout) sized to be trained on the world.
+
+A preset fixes everything a trained model depends on: the world's frame size, the ``WanTransformer3DModel``,
+``AutoencoderKLWan`` and UMT5 configurations, the prompt length and the training hyper-parameters. The model
+is built from code (seeded) and saved as a diffusers folder that the server's ``load_model`` reads unmodified,
+so every experiment runs the server's own loader, pipelines and cache.
+
+The text encoder is a tiny UMT5 with random weights, frozen. That is enough: captions come from a 25-word
+vocabulary, and a random encoder maps every (word, position in the caption) to a fixed, distinct embedding;
+the transformer's cross-attention (trained, text projection included) learns to read those. A pretrained
+encoder would only add knowledge of words the world never uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from transformers import UMT5Config, UMT5EncoderModel
+
+from drift_lab.world import MAX_CAPTION_WORDS, VOCABULARY, WorldSpec
+from tokentrim_server.models.tiny import TinyComponents, build_tiny_tokenizer, save_components_folder
+
+TRAINING_FILE = "training.json"
+MODEL_CARD_FILE = "MODEL_CARD.md"
+FRAMES_PER_BLOCK = 3  # latent frames per chunk: Self Forcing's block, and what the lab's arms assume
+VAE_SPATIAL_SCALE = 8  # Wan 2.1's VAE: three 2x spatial downsamplings
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of both training stages (see ``drift_lab.train``)."""
+
+    vae_steps: int = 300
+    vae_batch: int = 4
+    vae_clip_frames: int = 5
+    """Video frames per autoencoder clip (1 + 4k: the first frame alone, then k groups of four)."""
+    vae_crop: int | None = None
+    """Train the autoencoder on random square crops of this many pixels (None: whole frames). Convolutions
+    are translation-equivariant, so crops teach the same kernels at a fraction of the cost per clip."""
+    vae_guide_weight: float = 1.0
+    """Initial weight of the latent guide (see ``drift_lab.training_vae``), decayed linearly to 0."""
+    vae_teacher_fraction: float = 0.5
+    """Fraction of the autoencoder steps over which the decoder's guided channels fade from the guide target
+    to the encoder's own output (0: never teacher-forced)."""
+    vae_lr: float = 3e-3
+    vae_kl_weight: float = 1e-5
+    """Weight of the per-element KL term: just enough to keep latents bounded and smooth (as in Wan's VAE);
+    their scale is then fixed by the latent statistics, not by the prior."""
+    steps: int = 1500
+    batch: int = 8
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    min_lr_ratio: float = 0.1
+    """Cosine decay ends at ``lr * min_lr_ratio`` (both stages)."""
+    clip_chunks: int = 3
+    """Chunks of ``FRAMES_PER_BLOCK`` latent frames per transformer training clip (the training horizon)."""
+    pool_clips: int = 192
+    """World clips encoded once after the autoencoder is trained; transformer batches are drawn from them."""
+    context_noise_aug: float = 0.0
+    """Upper bound (1000 scale) of the random timestep the clean context is noised to while training."""
+
+    def validate(self) -> None:
+        positive = ("vae_steps", "vae_batch", "steps", "batch", "clip_chunks", "pool_clips")
+        for name in positive:
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"training.{name} must be an int >= 1; got {getattr(self, name)!r}")
+        if self.vae_clip_frames < 5 or (self.vae_clip_frames - 1) % 4:
+            raise ValueError(f"training.vae_clip_frames must be 1 + 4k with k >= 1; got {self.vae_clip_frames}")
+        if self.vae_crop is not None and (self.vae_crop < 16 or self.vae_crop % 8):
+            raise ValueError(f"training.vae_crop must be None or a multiple of 8 >= 16; got {self.vae_crop}")
+        for name in ("vae_lr", "lr", "grad_clip"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"training.{name} must be > 0; got {getattr(self, name)}")
+        for name in ("vae_kl_weight", "vae_guide_weight", "weight_decay", "warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"training.{name} must be >= 0; got {getattr(self, name)}")
+        if not 0 <= self.vae_teacher_fraction <= 1:
+            raise ValueError(f"training.vae_teacher_fraction must be in [0, 1]; got {self.vae_teacher_fraction}")
+        if not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"training.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
+        if self.clip_chunks < 2:
+            raise ValueError(f"training.clip_chunks must be >= 2 (a chunk needs context); got {self.clip_chunks}")
+        if not 0 <= self.context_noise_aug < 1000:
+            raise ValueError(f"training.context_noise_aug must be in [0, 1000); got {self.context_noise_aug}")
+
+
+@dataclass(frozen=True)
+class LabPreset:
+    """Everything a lab model is built and trained from; validated on construction."""
+
+    name: str
+    world: WorldSpec
+    transformer: dict[str, Any]
+    """``WanTransformer3DModel`` kwargs."""
+    vae: dict[str, Any]
+    """``AutoencoderKLWan`` kwargs."""
+    text_encoder: dict[str, Any]
+    """``UMT5Config`` kwargs (``vocab_size`` comes from the tokenizer)."""
+    text_len: int
+    training: TrainingConfig = field(default_factory=TrainingConfig)
+
+    def __post_init__(self) -> None:
+        self.training.validate()
+        grid = VAE_SPATIAL_SCALE * self.patch_size[1]
+        if self.world.height % grid or self.world.width % grid:
+            raise ValueError(f"world height and width must be multiples of {grid}; got {self.frame_size}")
+        crop = self.training.vae_crop
+        if crop is not None and crop > min(self.frame_size):
+            raise ValueError(f"training.vae_crop {crop} exceeds the frame size {self.frame_size}")
+        if self.patch_size != (1, 2, 2):
+            raise ValueError(f"transformer.patch_size must be (1, 2, 2) like Wan 2.1; got {self.patch_size}")
+        z_dim = self.vae.get("z_dim", 16)
+        for name in ("in_channels", "out_channels"):
+            if self.transformer.get(name) != z_dim:
+                raise ValueError(f"transformer.{name} must equal vae.z_dim={z_dim}; got {self.transformer.get(name)}")
+        if self.vae.get("patch_size") is not None or self.vae.get("is_residual", False):
+            raise ValueError("vae must use Wan 2.1's layout: no patch_size, is_residual False")
+        if self.text_encoder.get("d_model") != self.transformer.get("text_dim"):
+            raise ValueError(
+                f"text_encoder.d_model ({self.text_encoder.get('d_model')}) must equal transformer.text_dim "
+                f"({self.transformer.get('text_dim')})"
+            )
+        if "vocab_size" in self.text_encoder:
+            raise ValueError("text_encoder.vocab_size is set from the tokenizer; remove it from the preset")
+        # Every caption word plus </s> must fit, or a caption would be truncated.
+        if self.text_len < MAX_CAPTION_WORDS + 1:
+            raise ValueError(f"text_len must be >= {MAX_CAPTION_WORDS + 1} (captions + </s>); got {self.text_len}")
+
+    @property
+    def patch_size(self) -> tuple[int, int, int]:
+        return tuple(self.transformer.get("patch_size", ()))
+
+    @property
+    def frame_size(self) -> tuple[int, int]:
+        return (self.world.height, self.world.width)
+
+    @property
+    def latent_size(self) -> tuple[int, int]:
+        return (self.world.height // VAE_SPATIAL_SCALE, self.world.width // VAE_SPATIAL_SCALE)
+
+    def with_training(self, **overrides: Any) -> LabPreset:
+        """This preset with some training hyper-parameters replaced (validated)."""
+        return dataclasses.replace(self, training=dataclasses.replace(self.training, **overrides))
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready values, for ``training.json``."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+def _transformer(heads: int, head_dim: int, ffn: int, layers: int, text_dim: int) -> dict[str, Any]:
+    """Wan 2.1 T2V transformer kwargs at a given size."""
+    return {
+        "patch_size": (1, 2, 2),
+        "num_attention_heads": heads,
+        "attention_head_dim": head_dim,
+        "in_channels": 16,
+        "out_channels": 16,
+        "text_dim": text_dim,
+        "freq_dim": 256,
+        "ffn_dim": ffn,
+        "num_layers": layers,
+        "cross_attn_norm": True,
+        "qk_norm": "rms_norm_across_heads",
+        "eps": 1e-6,
+        "rope_max_seq_len": 1024,
+    }
+
+
+def _text_encoder(d_model: int) -> dict[str, Any]:
+    """A 2-layer UMT5 encoder (T5 conventions: pad 0, eos 1)."""
+    return {
+        "d_model": d_model,
+        "d_kv": max(8, d_model // 4),
+        "d_ff": 2 * d_model,
+        "num_layers": 2,
+        "num_heads": 4,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu",
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
+
+
+# Text length: the longest caption (MAX_CAPTION_WORDS) plus </s>, rounded up.
+LAB_TEXT_LEN = 32
+
+PRESETS: dict[str, LabPreset] = {
+    # Tests and quick checks: 32x32 frames (4 tokens per latent frame), trains in seconds.
+    "micro": LabPreset(
+        name="micro",
+        world=WorldSpec(height=32, width=32, size_range=(3.0, 5.0)),
+        transformer=_transformer(heads=2, head_dim=16, ffn=64, layers=2, text_dim=16),
+        vae={"base_dim": 4, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1},
+        text_encoder=_text_encoder(16),
+        text_len=LAB_TEXT_LEN,
+        training=TrainingConfig(vae_steps=20, vae_batch=2, steps=40, batch=4, warmup_steps=5, pool_clips=8),
+    ),
+    # The committed CPU models: 64x64 frames (8x8 latents, 16 tokens per latent frame), ~6 minutes on one CPU
+    # thread. Sizes keep the saved folder under 4 MB (float32): VAE ~0.41M, transformer ~0.34M parameters.
+    "smoke": LabPreset(
+        name="smoke",
+        world=WorldSpec(height=64, width=64),
+        transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
+        vae={"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
+        text_encoder=_text_encoder(32),
+        text_len=LAB_TEXT_LEN,
+        training=TrainingConfig(
+            vae_steps=800,
+            vae_batch=3,
+            vae_clip_frames=13,
+            vae_crop=32,
+            steps=400,
+            batch=8,
+            warmup_steps=40,
+            pool_clips=96,
+        ),
+    ),
+    # One H100: 128x128 frames (16x16 latents, 64 tokens per latent frame), a 24M-parameter transformer
+    # (dim 512, 6 layers), Wan's VAE layout at base_dim 32, clips of 7 chunks (81 video frames).
+    "gpu": LabPreset(
+        name="gpu",
+        world=WorldSpec(
+            height=128, width=128, size_range=(8.0, 20.0), speed_range=(1.0, 3.0), pan_speed_range=(0.5, 2.0)
+        ),
+        transformer=_transformer(heads=8, head_dim=64, ffn=1536, layers=6, text_dim=128),
+        vae={"base_dim": 32, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2},
+        text_encoder=_text_encoder(128),
+        text_len=LAB_TEXT_LEN,
+        training=TrainingConfig(
+            vae_steps=20_000,
+            vae_batch=8,
+            vae_clip_frames=9,
+            vae_lr=5e-4,
+            steps=30_000,
+            batch=16,
+            lr=3e-4,
+            warmup_steps=1000,
+            clip_chunks=7,
+            pool_clips=8192,
+            context_noise_aug=100.0,
+        ),
+    ),
+}
+
+
+def get_preset(name: str) -> LabPreset:
+    if name not in PRESETS:
+        raise ValueError(f"preset must be one of {', '.join(PRESETS)}; got {name!r}")
+    return PRESETS[name]
+
+
+def build_lab_components(preset: LabPreset, seed: int) -> TinyComponents:
+    """All components of a fresh lab model, weights drawn from ``seed`` (the global RNG is left untouched).
+
+    The tokenizer is word-level over ``world.VOCABULARY``, so every caption word has its own id.
+    """
+    tokenizer = build_tiny_tokenizer(VOCABULARY, preset.text_len)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        transformer = WanTransformer3DModel(**preset.transformer)
+        vae = AutoencoderKLWan(**preset.vae)
+        text_encoder = UMT5EncoderModel(UMT5Config(vocab_size=len(tokenizer), **preset.text_encoder))
+    return TinyComponents(
+        transformer=transformer.eval(),
+        vae=vae.eval(),
+        text_encoder=text_encoder.eval().requires_grad_(False),
+        tokenizer=tokenizer,
+        text_len=preset.text_len,
+    )
+
+
+def save_lab_model(
+    components: TinyComponents, folder: str | Path, *, default_size: tuple[int, int], metadata: dict[str, Any]
+) -> Path:
+    """Write a model folder ``load_model`` reads unmodified, plus ``training.json`` and ``MODEL_CARD.md``.
+
+    ``metadata`` is written as ``training.json`` as given (the lab's rollouts read ``data_version``,
+    ``clip_chunks`` and ``world`` from it); the model card is rendered from it.
+    """
+    root = save_components_folder(components, folder, default_size=default_size)
+    (root / TRAINING_FILE).write_text(json.dumps(metadata, indent=2) + "\n")
+    (root / MODEL_CARD_FILE).write_text(model_card(metadata))
+    return root
+
+
+def _fmt(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def model_card(metadata: dict[str, Any]) -> str:
+    """Markdown model card from a ``training.json`` dict (missing entries show as "?")."""
+    preset = metadata.get("preset", {})
+    losses = metadata.get("losses", {})
+    lines = [
+        f"# Drift-lab model `{preset.get('name', '?')}` (seed {metadata.get('seed', '?')})",
+        "",
+        "A small Wan 2.1-architecture text-to-video model (causal transformer, Wan VAE, random frozen UMT5, "
+        "word-level tokenizer) trained on the drift lab's procedural world of bouncing shapes, for the TokenTrim "
+        "drift evaluation (issue #9). It loads with `tokentrim_server.loading.load_model` like any diffusers "
+        "folder and runs the server's unmodified pipelines.",
+        "",
+        "| | |",
+        "| --- | --- |",
+        f"| world data version | `{metadata.get('data_version', '?')}` |",
+        f"| frame size | {metadata.get('default_size', '?')} |",
+        f"| training clip | {metadata.get('clip_chunks', '?')} chunks of {FRAMES_PER_BLOCK} latent frames |",
+        f"| command | `{metadata.get('command', '?')}` |",
+        f"| autoencoder steps | {metadata.get('vae_steps', '?')} |",
+        f"| transformer steps | {metadata.get('steps', '?')} |",
+        f"| context noise augmentation | t <= {metadata.get('context_noise_aug', '?')} |",
+        f"| device / dtype | {metadata.get('device', '?')} / {metadata.get('dtype', '?')} |",
+        f"| wall time | {_fmt(metadata.get('wall_seconds', '?'))} s |",
+        f"| parameters | {metadata.get('parameters', '?')} |",
+        "",
+        "## Final losses",
+        "",
+        *[f"- {name}: {_fmt(value)}" for name, value in losses.items()],
+    ]
+    gate = metadata.get("gate")
+    if gate:
+        lines += ["", f"## Quality gate: {'PASS' if gate.get('pass') else 'FAIL'}", ""]
+        for metric, entry in gate.get("checks", {}).items():
+            lines.append(
+                f"- {metric}: {_fmt(entry.get('value'))} (must be {entry.get('rule')} {entry.get('threshold')}): "
+                f"{'pass' if entry.get('pass') else 'FAIL'}"
+            )
+    lines += [
+        "",
+        "## Limits",
+        "",
+        "- Trained only on the lab world: it knows nothing else, and its captions are the world's grammar.",
+        "- The training horizon is the clip above; rollouts beyond it with a wider attention window are "
+        "outside what it was trained for (relative positions it never saw).",
+        "- The autoencoder was trained on short clips: its causal decoder is a recurrence unrolled only that "
+        "far, so its reconstructions can degrade with the frame index on long videos. Compare long rollouts "
+        "with the VAE's own reconstruction of the truth as well as with the truth.",
+    ]
+    if preset.get("name") in ("smoke", "micro"):
+        lines.append(
+            "- A CPU model trained for minutes: it reproduces colours and rough positions at best and is not "
+            "expected to pass the lab's quality gate unless a gate result above says it does; drift figures "
+            "from it illustrate the method, they do not measure TokenTrim."
+        )
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,176 @@
+"""Stage 2: train the causal transformer chunk by chunk, through the very forward the server runs.
+
+Self Forcing generates a chunk by denoising it against the cache of the chunks before it, then writes the
+finished chunk into the cache with one more call at ``t = context_noise``. Teacher forcing trains exactly
+those two calls on true latents: for each chunk ``i`` of a clip,
+
+1. predict chunk ``i`` from its noisy version (timestep drawn from the pipeline's warped denoising steps),
+   attending to the clean context of chunks ``< i`` plus its own keys, as ``BlockCausalContext`` does;
+2. run the clean chunk ``i`` at the context timestep, which appends its roped K/V to the context, the keys
+   the cache-writing call would leave in the cache.
+
+The calls go through :meth:`CausalWanTransformer.forward` with :class:`TrainingAttention` in place of the
+inference cache: the same keys, but kept in per-layer Python lists joined out of place, because the
+inference ``KVCache`` writes into preallocated buffers in place, which autograd cannot differentiate.
+
+The network stays a plain flow predictor (the unmodified pipelines compute ``x0 = x_t - sigma v`` from it),
+but the loss is taken in x0 space, ``MSE(x_t - sigma v, x0)``: at this width the velocity loss did not train
+in the lab's feasibility run (issue #9), while the x0 loss weights each timestep by ``sigma^2`` and so puts the
+effort where the few-step sampler needs it: the clean estimate after the very first, noisiest steps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from drift_lab.model import FRAMES_PER_BLOCK, TrainingConfig
+from drift_lab.training_data import ClipPool, noised
+from drift_lab.training_loop import Progress, autocast, make_optimizer, optimizer_step, training_mode
+from tokentrim_server.models.causal_wan import CausalWanTransformer, TextContext
+from tokentrim_server.models.rope import apply_rotary
+from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
+from tokentrim_server.pipelines.self_forcing import SelfForcingOptions
+
+Tables = tuple[torch.Tensor, torch.Tensor]
+
+
+class TrainingKV:
+    """Roped K and V of the clean chunks written so far, per layer, as lists of tensors (autograd-safe)."""
+
+    def __init__(self, num_layers: int) -> None:
+        self.keys: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+        self.values: list[list[torch.Tensor]] = [[] for _ in range(num_layers)]
+
+
+class TrainingAttention:
+    """One call's :class:`AttentionContext`: the stored context followed by the chunk's own roped K/V.
+
+    With ``write`` the chunk's K/V are appended for later calls (the cache-writing call); without, nothing is
+    stored (a denoising call). Both see ``[context; own]``, exactly what ``BlockCausalContext`` returns.
+    """
+
+    def __init__(self, kv: TrainingKV, rope: Tables, write: bool) -> None:
+        self.kv = kv
+        self.rope = rope
+        self.write = write
+
+    def keys_values(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        roped = apply_rotary(k, self.rope)
+        keys = torch.cat([*self.kv.keys[layer], roped], dim=1)
+        values = torch.cat([*self.kv.values[layer], v], dim=1)
+        if self.write:
+            self.kv.keys[layer].append(roped)
+            self.kv.values[layer].append(v)
+        return keys, values
+
+
+def text_context(model: CausalWanTransformer, prompt_embeds: torch.Tensor) -> TextContext:
+    """The cross-attention K/V of ``prompt_embeds`` with autograd.
+
+    ``encode_text`` runs under ``no_grad`` (the server never trains), which would leave the text embedder and
+    every layer's cross-attention K/V projections untrained; its undecorated function computes the same K/V.
+    """
+    return CausalWanTransformer.encode_text.__wrapped__(model, prompt_embeds)
+
+
+def denoising_grid() -> torch.Tensor:
+    """The timesteps the Self Forcing pipeline denoises at by default (warped 1000/750/500/250)."""
+    options = SelfForcingOptions()
+    steps = denoising_timesteps(options.denoising_steps, options.timestep_shift, options.warp_denoising_step)
+    return torch.tensor(steps, dtype=torch.float32)
+
+
+def teacher_forced_flows(
+    model: CausalWanTransformer,
+    noisy: torch.Tensor,
+    timesteps: torch.Tensor,
+    context: torch.Tensor,
+    context_timesteps: torch.Tensor,
+    text: TextContext,
+) -> torch.Tensor:
+    """Flow predictions ``[B, F, C, h, w]`` for every chunk of ``noisy``, each against the chunks before it.
+
+    ``noisy`` holds each chunk at its denoising timestep (``timesteps`` ``[B, chunks]``); ``context`` the
+    clean latents (or their context-noised version, at ``context_timesteps`` ``[B]``) that are written to
+    the attention context after their chunk has been predicted, as the pipeline commits a finished chunk.
+    """
+    batch, frames = noisy.shape[:2]
+    if frames % FRAMES_PER_BLOCK:
+        raise ValueError(f"latents must hold whole chunks of {FRAMES_PER_BLOCK} frames; got {frames}")
+    chunks = frames // FRAMES_PER_BLOCK
+    kv = TrainingKV(model.num_layers)
+    context_t = context_timesteps.to(noisy.device)[:, None].expand(batch, FRAMES_PER_BLOCK)
+    flows = []
+    for chunk in range(chunks):
+        start = chunk * FRAMES_PER_BLOCK
+        frames_of_chunk = slice(start, start + FRAMES_PER_BLOCK)
+        rope = model.rotary(model.geometry(noisy[:, frames_of_chunk], start), noisy.device)
+        t = timesteps[:, chunk].to(noisy.device)[:, None].expand(batch, FRAMES_PER_BLOCK)
+        reader = TrainingAttention(kv, rope, write=False)
+        flows.append(model(noisy[:, frames_of_chunk], t, text, reader, start))
+        if chunk + 1 < chunks:  # the last chunk's keys would serve no later chunk
+            writer = TrainingAttention(kv, rope, write=True)
+            model(context[:, frames_of_chunk], context_t, text, writer, start)
+    return torch.cat(flows, dim=1)
+
+
+def clip_loss(
+    model: CausalWanTransformer,
+    latents: torch.Tensor,
+    text: TextContext,
+    timesteps: torch.Tensor,
+    context_timesteps: torch.Tensor,
+    generator: torch.Generator,
+) -> torch.Tensor:
+    """x0-space MSE of clips ``latents`` ``[B, F, C, h, w]`` (F a multiple of 3) under teacher forcing.
+
+    ``timesteps`` ``[B, chunks]`` are the denoising timesteps of each chunk, ``context_timesteps`` ``[B]``
+    those of the clean context (its latents are noised to them: the context-noise augmentation).
+    """
+    per_frame = timesteps.to(latents.device).repeat_interleave(FRAMES_PER_BLOCK, dim=1)
+    noisy = noised(latents, per_frame, generator)
+    context = noised(latents, context_timesteps, generator)
+    flows = teacher_forced_flows(model, noisy, timesteps, context, context_timesteps, text)
+    x0 = to_x0(noisy, flows, per_frame[..., None, None, None])
+    return (x0.float() - latents.float()).square().mean()
+
+
+def draw_timesteps(
+    batch: int, chunks: int, context_noise_aug: float, generator: torch.Generator
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per (clip, chunk) denoising timesteps from the pipeline's grid; per clip context timesteps in
+    ``[0, context_noise_aug]``."""
+    grid = denoising_grid()
+    timesteps = grid[torch.randint(len(grid), (batch, chunks), generator=generator)]
+    context = torch.rand(batch, generator=generator) * context_noise_aug
+    return timesteps, context
+
+
+def train_transformer(
+    model: CausalWanTransformer,
+    pool: ClipPool,
+    config: TrainingConfig,
+    rng: np.random.Generator,
+    generator: torch.Generator,
+    dtype: torch.dtype,
+    log_every: int,
+) -> Progress:
+    """Train ``model.base`` in place for ``config.steps`` steps on batches from ``pool``; returns the progress."""
+    device = model.device
+    steps = config.steps
+    chunks = pool.latents.shape[1] // FRAMES_PER_BLOCK
+    progress = Progress("transformer", steps, log_every)
+    with training_mode(model.base):
+        # After training_mode: the optimiser takes the parameters it made trainable.
+        optimizer, scheduler = make_optimizer(
+            model.base, config.lr, config.weight_decay, config.warmup_steps, steps, config.min_lr_ratio
+        )
+        for step in range(steps):
+            latents, prompts = pool.batch(rng, config.batch)
+            timesteps, context = draw_timesteps(config.batch, chunks, config.context_noise_aug, generator)
+            with autocast(device, dtype):
+                loss = clip_loss(model, latents, text_context(model, prompts), timesteps, context, generator)
+            optimizer_step(loss, model.base, optimizer, scheduler, config.grad_clip)
+            progress.log(step, {"x0_mse": loss.item()})
+    return progress

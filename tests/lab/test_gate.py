@@ -1,0 +1,56 @@
+"""The quality gate: its arithmetic on known metrics, and the command on an untrained lab model."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from drift_lab.gate import CHECKS, free_rollout_values, main, verdict
+from drift_lab.measure import measure
+from drift_lab.world import WorldSpec, render, sample_scene
+from lab.lab_support import random_lab_folder
+
+PASSING = {"count_error": 0.0, "colour_error": 0.02, "survival": 1.0, "teacher_forced_psnr": 31.0}
+
+
+def test_the_truth_itself_passes_the_free_rollout_checks():
+    scene = sample_scene(3, WorldSpec(height=64, width=64))
+    values = free_rollout_values([measure(render(scene, 9, 24), scene, 9)])
+    assert values["count_error"] == 0.0 and values["survival"] == 1.0 and values["colour_error"] < 0.01
+    assert verdict({**values, "teacher_forced_psnr": 99.0})["pass"]
+
+
+@pytest.mark.parametrize(
+    "metric, value",
+    [("count_error", 0.1), ("colour_error", 0.2), ("survival", 0.99), ("teacher_forced_psnr", 25.0),
+     ("survival", math.nan)],
+)  # fmt: skip
+def test_each_threshold_is_strict_and_fails_alone(metric, value):
+    result = verdict({**PASSING, metric: value})
+    assert not result["pass"]
+    assert [name for name, entry in result["checks"].items() if not entry["pass"]] == [metric]
+
+
+def test_verdict_reports_each_metric_with_threshold_and_rule():
+    result = verdict(PASSING)
+    assert result["pass"]
+    assert {name: (entry["threshold"], entry["rule"]) for name, entry in result["checks"].items()} == {
+        "count_error": (0.1, "<"),
+        "colour_error": (0.1, "<"),
+        "survival": (0.99, ">"),
+        "teacher_forced_psnr": (25.0, ">"),
+    }
+    assert len(CHECKS) == 4
+    with pytest.raises(ValueError, match="teacher_forced_psnr"):
+        verdict({name: value for name, value in PASSING.items() if name != "teacher_forced_psnr"})
+
+
+def test_gate_command_fails_an_untrained_model(tmp_path, capsys):
+    folder = random_lab_folder(tmp_path)
+    assert main([str(folder), "--seeds", "1", "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["pass"] is False and result["seeds"] == 1
+    assert set(result["checks"]) == {check.metric for check in CHECKS}
+    assert result["checks"]["teacher_forced_psnr"]["value"] < 25.0

@@ -1,0 +1,42 @@
+"""The committed drift-lab models load through the server's own loader and stream through the server, unmodified."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from tokentrim_client import Client
+
+from drift_lab.world import WorldSpec, sample_scene
+from tests.server_support import ServerThread
+from tokentrim_server.loading.model import ModelSpec, load_model
+
+WEIGHTS = Path(__file__).resolve().parents[2] / "drift_lab" / "weights"
+COMMITTED = sorted(folder for folder in WEIGHTS.glob("*") if (folder / "model_index.json").is_file())
+
+
+def test_lab_models_are_committed() -> None:
+    assert COMMITTED, f"no lab model folders under {WEIGHTS}"
+
+
+@pytest.mark.parametrize("folder", COMMITTED[:1], ids=lambda folder: folder.name)
+def test_lab_model_streams_through_the_server(folder: Path) -> None:
+    bundle = load_model(ModelSpec(model=str(folder)))
+    height, width = bundle.default_size
+    # A caption of the world the model was trained on, at the size it was trained at (the server's default).
+    caption = sample_scene(7, WorldSpec(height=height, width=width)).caption
+    server = ServerThread(bundle, "--default-policy", "tokentrim")
+    try:
+        with Client(server.target) as client:
+            info = client.server_info()
+            result = client.generate(caption, chunks=3, seed=7, encoding="raw")
+    finally:
+        server.close()
+    assert info.model == str(folder)
+    assert result.ended is not None
+    frames = result.frames
+    assert frames is not None
+    # 3 chunks of 3 latent frames through the 4x causal VAE: 1 + 4 * 8 frames, at the model's own size.
+    assert frames.shape == (33, height, width, 3)
+    assert [chunk.index for chunk in result.chunks] == [0, 1, 2]
+    assert all(chunk.report["policy"] == "tokentrim" for chunk in result.chunks)
