@@ -34,6 +34,16 @@ MICRO = PRESETS["micro"]
 WEIGHTS = ("transformer/diffusion_pytorch_model.safetensors", "vae/diffusion_pytorch_model.safetensors")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Run this module's many tiny kernels on one thread: on a busy 2-core machine, thread synchronisation
+    would otherwise cost more than the arithmetic (10x slower measured)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def cli_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 2-step autoencoder + 2-step transformer run of the micro preset through the command line."""
