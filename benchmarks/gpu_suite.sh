@@ -8,10 +8,13 @@
 #   2. profile_chunk.py of run 1                      (where a chunk's time goes; also a Chrome trace)
 #   3. fp32 + sdpa, policy none, 1 session            ("before": the reference precision)
 #   4. bf16 + sdpa, policy tokentrim, 1 session
-#   5. bf16 + sdpa, policy none, 4 sessions round-robin (throughput vs run 1)
-#   6. bf16 + flash / xformers, policy none           (each only if its package imports)
-#   7. bf16 + sdpa + compile, policy none, 1 session  (torch.compile; its warm-up session compiles)
-#   8. bf16 + sdpa + compile, policy tokentrim, 4 sessions
+#   5. through the server (benchmarks/server.py): bf16 + sdpa, policy tokentrim, 1 then 4 concurrent sessions
+#      (the 4-session throughput target; decode and encode overlap the next denoising on the render stream)
+#   6. the CUDA checks of tests/test_overlap_paths.py (side-stream rendering, pinned noise: same numbers)
+#   7. bf16 + sdpa, policy none, 4 sessions round-robin in one thread (no overlap: the "before" of run 5)
+#   8. bf16 + flash / xformers, policy none           (each only if its package imports)
+#   9. bf16 + sdpa + compile, policy none, 1 session  (torch.compile; its warm-up session compiles)
+#  10. bf16 + sdpa + compile, policy tokentrim, 4 sessions
 # Results: one JSON object per run, with a "run" name, in $OUT/results.jsonl (profile: $OUT/profile.json,
 # $OUT/chunk_trace.json.gz for chrome://tracing or ui.perfetto.dev); logs in $OUT/log.txt; versions and GPU in $OUT/env.txt. Fill benchmarks/RESULTS.md
 # from them.
@@ -23,9 +26,12 @@
 #
 #   python3 -m pip download --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
 #       --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 \
-#       -d .whl diffusers==0.42.1 protobuf==7.36.2
+#       -d .whl diffusers==0.42.1 protobuf==7.36.2 grpcio==1.85.1 grpcio-health-checking==1.85.1 \
+#       grpcio-reflection==1.85.1
 #
-# (protobuf: the generated API code needs a runtime >= 7.35.1, which the image may lack). Then the call:
+# (protobuf: the generated API code needs a runtime >= 7.35.1, which the image may lack; the generated gRPC code
+# needs grpcio >= 1.85.1, and the server its health and reflection services, which the image lacks; about 15 MB).
+# Then the call:
 #
 #   run(command="bash benchmarks/gpu_suite.sh", carry=[".whl"], timeout_s=600)
 #
@@ -66,7 +72,7 @@ for project in ("pyproject.toml", "plugins/tokentrim/pyproject.toml"):
         "".join(f"[{g}]\n" + "".join(f"{k} = {v}\n" for k, v in eps.items()) + "\n" for g, eps in groups.items())
     )
 EOF
-export PYTHONPATH=$PWD:$PWD/proto/python:$PWD/plugins/tokentrim:$META${PYTHONPATH:+:$PYTHONPATH}
+export PYTHONPATH=$PWD:$PWD/proto/python:$PWD/clients/python:$PWD/plugins/tokentrim:$META${PYTHONPATH:+:$PYTHONPATH}
 
 {
     nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=csv
@@ -74,6 +80,8 @@ export PYTHONPATH=$PWD:$PWD/proto/python:$PWD/plugins/tokentrim:$META${PYTHONPAT
 import importlib.util, torch, diffusers, transformers
 from tokentrim_server.policies import policy_names
 from tokentrim_server.server.encoding import jpeg_frames  # the profile's JPEG stage: needs the proto runtime
+from tokentrim_server.server.app import TokentrimServer  # run 5: grpcio, health and reflection
+from tokentrim_client import Client  # run 5: the Python client
 print("torch", torch.__version__, "cuda", torch.version.cuda, "diffusers", diffusers.__version__,
       "transformers", transformers.__version__)
 print("device", torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "policies", policy_names())
@@ -121,6 +129,20 @@ timeout "$left" "$PYTHON" benchmarks/profile_chunk.py "${COMMON[@]}" --dtype bfl
 gzip -f "$OUT/chunk_trace.json"  # tens of MB as text; files coming back from $OUT are limited to 16 MiB
 bench fp32_sdpa_none --dtype float32 --attention-backend sdpa --chunks 3
 bench bf16_sdpa_tokentrim --dtype bfloat16 --attention-backend sdpa --policy tokentrim --chunks 8
+left=$((DEADLINE - SECONDS))
+echo "=== served sessions ($left s left)" | tee -a "$LOG"
+# One JSON line per session count, tagged; the server takes no --pipeline (its default is Self Forcing).
+SERVED=()
+for ((i = 0; i < ${#COMMON[@]}; i++)); do
+    if [ "${COMMON[i]}" = --pipeline ]; then i=$((i + 1)); else SERVED+=("${COMMON[i]}"); fi
+done
+timeout "$left" "$PYTHON" benchmarks/server.py "${SERVED[@]}" --dtype bfloat16 --attention-backend sdpa \
+    --policy tokentrim --chunks 6 --repeats 0 --concurrency 1,4 2>>"$LOG" | tee -a "$LOG" | grep '^{' |
+    sed 's/^{/{"run": "served_bf16_sdpa_tokentrim", /' >>"$RESULTS"
+left=$((DEADLINE - SECONDS))
+echo "=== CUDA checks ($left s left)" | tee -a "$LOG"
+timeout "$left" "$PYTHON" -m pytest -q -p no:cacheprovider tests/test_overlap_paths.py 2>&1 | tee -a "$LOG" |
+    tail -1 | sed 's/"/\\"/g; s/.*/{"run": "cuda_checks", "pytest": "&"}/' >>"$RESULTS"
 bench bf16_sdpa_none_4sessions --dtype bfloat16 --attention-backend sdpa --sessions 4 --chunks 6
 for backend in flash xformers; do
     module=$([ $backend = flash ] && echo flash_attn || echo xformers)

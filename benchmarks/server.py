@@ -7,7 +7,7 @@
 stepped, decoded and encoded in a plain loop) and through a real server on localhost with the Python
 client, and prints ``overhead_ratio`` = server seconds / in-process seconds (target <= 1.05). The server
 overlaps decoding with the next chunk's denoising, so it can come out below 1.
-(2) runs 1, 2, 4 and 8 sessions at once and prints, per level: total chunks per second, per-session
+(2) runs 1, 2, 4 and 8 sessions at once and prints, per level: total chunks and frames per second, per-session
 p50/p95 chunk latency (the server's chunk latency: queue wait + denoise + decode + encode), p50 time to
 first frame seen by the client, and KV-cache memory per session (reserved and peak in use).
 Every result is one JSON line. ``--size 1.3b`` uses random prompt embeddings (no UMT5 weights here).
@@ -54,12 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--chunks", type=int, default=8, help="chunks per session (default: %(default)s)")
     parser.add_argument("--policy", default="none", help="cache policy of every session")
     parser.add_argument("--concurrency", default="1,2,4,8", help="comma-separated session counts")
-    parser.add_argument("--repeats", type=int, default=3, help="overhead runs per side; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3,
+                        help="overhead runs per side; the best is kept (0: skip the overhead benchmark)")
     return parser
 
 
@@ -67,7 +69,7 @@ def load_bundle(args: argparse.Namespace) -> ModelBundle:
     if args.size == "tiny":
         dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
         return load_model(ModelSpec(model="tiny", device=args.device, dtype=dtype,
-                                    attention_backend=args.attention_backend))
+                                    attention_backend=args.attention_backend, compile=args.compile))
     model, vae, prompt = build_components(args)
     return ModelBundle(f"wan2.1-t2v-{args.size}-random", model, vae, FixedPromptEncoder(prompt))  # type: ignore[arg-type]
 
@@ -88,7 +90,7 @@ def in_process_seconds(args: argparse.Namespace, bundle: ModelBundle) -> float:
     session = GenerationSession(bundle, planned.plan)
     for _ in range(args.chunks):
         step = session.step()
-        jpeg_frames(session.decode(step.result.chunk), planned.jpeg_quality)
+        jpeg_frames(session.decode(step), planned.jpeg_quality)
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     elapsed = time.perf_counter() - started
@@ -99,7 +101,7 @@ def in_process_seconds(args: argparse.Namespace, bundle: ModelBundle) -> float:
 def run_session(target: str, args: argparse.Namespace, seed: int, out: dict) -> None:
     """One client session; records its chunk latencies, time to first frame and cache sizes in ``out``."""
     started = time.perf_counter()
-    latencies, cache_bytes, first = [], [], None
+    latencies, cache_bytes, first, frames = [], [], None, 0
     with Client(target) as client, client.session(PROMPT, seed=seed, chunks=args.chunks, height=args.height,
                                                   width=args.width) as session:
         for chunk in session:
@@ -109,9 +111,10 @@ def run_session(target: str, args: argparse.Namespace, seed: int, out: dict) -> 
             latencies.append(timings.queue_wait_seconds + timings.denoise_seconds + timings.decode_seconds
                              + timings.encode_seconds + timings.prompt_change_seconds)
             cache_bytes.append(chunk.message.cache_report.cache_bytes_after)
+            frames += chunk.message.frame_count
         reserved = session.started.cache_budget_bytes
     out.update(seconds=time.perf_counter() - started, latencies=latencies, first=first, reserved=reserved,
-               peak_cache=max(cache_bytes))
+               peak_cache=max(cache_bytes), frames=frames)
 
 
 def overhead(args: argparse.Namespace, bundle: ModelBundle) -> dict:
@@ -146,6 +149,7 @@ def concurrency(args: argparse.Namespace, bundle: ModelBundle, sessions: int) ->
         "benchmark": "concurrent_sessions", "sessions": sessions, "size": args.size, "device": args.device,
         "height": args.height, "width": args.width, "chunks_per_session": args.chunks,
         "total_chunks_per_second": sessions * args.chunks / wall,
+        "total_frames_per_second": sum(result["frames"] for result in results) / wall,
         "p50_chunk_latency_seconds": statistics.median(latencies),
         "p95_chunk_latency_seconds": latencies[min(len(latencies) - 1, int(0.95 * len(latencies)))],
         "p50_time_to_first_frame_seconds": statistics.median(result["first"] for result in results),
@@ -161,7 +165,8 @@ def replace_chunks(args: argparse.Namespace, chunks: int) -> argparse.Namespace:
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     bundle = load_bundle(args)
-    print(json.dumps(overhead(args, bundle)), flush=True)
+    if args.repeats > 0:
+        print(json.dumps(overhead(args, bundle)), flush=True)
     for sessions in (int(text) for text in args.concurrency.split(",")):
         print(json.dumps(concurrency(args, bundle, sessions)), flush=True)
     return 0

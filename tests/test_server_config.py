@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import dataclasses
+import re
+
 import pytest
 
+from tokentrim_server.server.app import model_spec
 from tokentrim_server.server.config import ConfigError, ServerConfig, load_config, parse_size
 
 
@@ -57,3 +61,56 @@ def test_sizes():
     assert parse_size("8GiB") == 8 * 2**30 and parse_size("512MB") == 512 * 10**6 and parse_size("1024") == 1024
     with pytest.raises(ValueError):
         parse_size("-3GiB")
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("true", True), ("YES", True), (" on ", True), ("1", True), ("False", False), ("no", False), ("OFF", False),
+     ("0", False)],
+)
+def test_bool_words_from_the_environment(text, expected):
+    assert load_config([], {"TOKENTRIM_COMPILE": text}).compile is expected
+
+
+def test_bool_options_are_layered(tmp_path):
+    config_file = tmp_path / "server.toml"
+    config_file.write_text("compile = true\n")
+    env = {"TOKENTRIM_CONFIG": str(config_file)}
+    assert load_config([], env).compile is True
+    assert load_config([], {**env, "TOKENTRIM_COMPILE": "off"}).compile is False
+    assert load_config(["--no-compile"], {"TOKENTRIM_COMPILE": "yes"}).compile is False
+    assert load_config(["--compile"], {**env, "TOKENTRIM_COMPILE": "0"}).compile is True
+    assert load_config([], {}).compile is False
+
+
+def test_every_bool_option_has_a_negating_flag():
+    names = [spec.name for spec in dataclasses.fields(ServerConfig) if spec.type == "bool"]
+    assert "compile" in names
+    for name in names:
+        flag = name.replace("_", "-")
+        assert getattr(load_config([f"--{flag}"], {}), name) is True
+        assert getattr(load_config([f"--no-{flag}"], {}), name) is False
+
+
+@pytest.mark.parametrize(
+    "toml, env, message",
+    [
+        (None, {"TOKENTRIM_COMPILE": "maybe"}, "compile (environment TOKENTRIM_COMPILE) must be bool"),
+        ("compile = 1", {}, "compile (config file"),
+        ('compile = "sometimes"', {}, "compile (config file"),
+        ("max_sessions = true", {}, "max_sessions (config file"),
+        (None, {"TOKENTRIM_WARMUP_CHUNKS": "-2"}, "warmup_chunks must be >= -1"),
+    ],
+)
+def test_bad_bool_and_warmup_values_name_the_option(tmp_path, toml, env, message):
+    if toml is not None:
+        config_file = tmp_path / "server.toml"
+        config_file.write_text(toml + "\n")
+        env = {**env, "TOKENTRIM_CONFIG": str(config_file)}
+    with pytest.raises(ConfigError, match=re.escape(message)):
+        load_config([], env)
+
+
+def test_model_spec_carries_compile():
+    assert model_spec(load_config(["--compile"], {})).compile is True
+    assert model_spec(load_config([], {})).compile is False

@@ -1,8 +1,10 @@
 """One streaming session on the device: pipeline stream, policy runner, hooks, prompt switches and decoding.
 
-Everything here runs on the device worker's thread (see :mod:`tokentrim_server.engine.worker`); the only
-method safe to call from another thread is :meth:`GenerationSession.request_prompt_change`, which leaves
-the new prompt for the next chunk boundary.
+Everything here runs on the device worker's thread (see :mod:`tokentrim_server.engine.worker`), except
+:meth:`GenerationSession.decode` and :meth:`GenerationSession.latents`, which may run on a render thread (one
+at a time, in chunk order; on CUDA they use the session's render stream), and
+:meth:`GenerationSession.request_prompt_change`, which is thread-safe and leaves the new prompt for the next
+chunk boundary.
 """
 
 from __future__ import annotations
@@ -11,13 +13,14 @@ import threading
 import time
 from collections import deque
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
 
 from tokentrim_server.engine.chunk_runner import open_runner
+from tokentrim_server.engine.render_stream import Ready, RenderStream
 from tokentrim_server.engine.report import ChunkResult
 from tokentrim_server.hooks import SessionHook
 from tokentrim_server.loading.model import ModelBundle
@@ -53,6 +56,7 @@ class ChunkStep:
     prompt_change_seconds: float
     denoise_seconds: float
     cache_bytes: int  # KV-cache memory the session holds after the chunk
+    ready: Ready = field(default_factory=Ready)  # where the chunk's latents are complete on the denoising stream
 
 
 class GenerationSession:
@@ -67,6 +71,7 @@ class GenerationSession:
         stream = pipeline.open(self._embed(plan.prompt), latent_shape, SeededNoise(plan.seed), plan.chunks)
         self.runner = open_runner(stream, plan.policy, plan.seed, plan.hooks)
         self.decoder = StreamingVaeDecoder(bundle.vae) if plan.decode else None
+        self.render_stream = RenderStream(model.device)
         # The emitted chunks whose frames may still be cached: what a prompt switch re-encodes.
         self._recent: deque[Chunk] = deque()
         self._pending_prompt: str | None = None
@@ -88,23 +93,29 @@ class GenerationSession:
         switch_seconds = self._apply_prompt_change()
         started = time.perf_counter()
         result = self.runner.next_chunk()
+        ready = self.render_stream.mark_ready()
         denoise_seconds = time.perf_counter() - started
         self._remember(result.chunk)
         cache_bytes = self.runner.stream.cache.stats().allocated_bytes
-        return ChunkStep(result, self.prompt_version, switch_seconds, denoise_seconds, cache_bytes)
+        return ChunkStep(result, self.prompt_version, switch_seconds, denoise_seconds, cache_bytes, ready)
 
-    def decode(self, chunk: Chunk) -> np.ndarray:
-        """The chunk's video frames, uint8 ``[T, H, W, 3]``; call in chunk order."""
+    def decode(self, step: ChunkStep) -> np.ndarray:
+        """The stepped chunk's video frames, uint8 ``[T, H, W, 3]``; call in chunk order."""
         if self.decoder is None:
             raise RuntimeError("this session delivers latents; it has no decoder")
-        frames = frames_to_uint8(self.decoder.decode_chunk(chunk.latents))[0].cpu().numpy()
+        latents = step.result.chunk.latents
+        with self.render_stream.rendering(step.ready, latents):
+            frames = self.render_stream.to_host(frames_to_uint8(self.decoder.decode_chunk(latents))[0]).numpy()
         self.frames_emitted += frames.shape[0]
         return frames
 
-    def latents(self, chunk: Chunk) -> np.ndarray:
-        """The chunk's latent frames as float32 ``[F, C, h, w]``."""
-        self.frames_emitted += chunk.latents.shape[1]
-        return chunk.latents[0].to(torch.float32).cpu().numpy()
+    def latents(self, step: ChunkStep) -> np.ndarray:
+        """The stepped chunk's latent frames as float32 ``[F, C, h, w]``."""
+        latents = step.result.chunk.latents
+        with self.render_stream.rendering(step.ready, latents):
+            values = self.render_stream.to_host(latents[0].to(torch.float32)).numpy()
+        self.frames_emitted += latents.shape[1]
+        return values
 
     def close(self) -> None:
         """Free the cache, the policy's and hooks' state and the decoder's context (idempotent)."""

@@ -26,12 +26,14 @@ class StreamingVaeDecoder:
     def __init__(self, vae: AutoencoderKLWan) -> None:
         self.vae = vae
         config = vae.config
-        # Kept in float32 on CPU and moved per chunk, so the decoder can change device or dtype later.
+        # Kept in float32 on CPU and copied where the VAE runs (once per device and dtype, see _denormalise),
+        # so the decoder can change device or dtype later.
         self._latents_mean = torch.tensor(config.latents_mean, dtype=torch.float32).view(1, -1, 1, 1, 1)
         # Stored as 1/std and divided by, exactly as diffusers' WanPipeline de-normalises, so both paths
         # round the same way.
         latents_std = torch.tensor(config.latents_std, dtype=torch.float32).view(1, -1, 1, 1, 1)
         self._latents_inv_std = 1.0 / latents_std
+        self._statistics_at: tuple[torch.device, torch.dtype, torch.Tensor, torch.Tensor] | None = None
         self._num_convs = sum(isinstance(module, WanCausalConv3d) for module in vae.decoder.modules())
         self._feat_cache: list[torch.Tensor | str | None] = []
         self._batch_size: int | None = None
@@ -84,8 +86,12 @@ class StreamingVaeDecoder:
     def _denormalise(self, z: torch.Tensor) -> torch.Tensor:
         """Undo the per-channel latent normalisation the transformer was trained in (``[B, C, F, h, w]``)."""
         z = z.to(device=self.vae.device, dtype=self.vae.dtype)
-        inv_std = self._latents_inv_std.to(device=z.device, dtype=z.dtype)
-        mean = self._latents_mean.to(device=z.device, dtype=z.dtype)
+        # A host-to-device copy from pageable memory blocks until the stream gets there: do it once, not per chunk.
+        if self._statistics_at is None or self._statistics_at[:2] != (z.device, z.dtype):
+            inv_std = self._latents_inv_std.to(device=z.device, dtype=z.dtype)
+            mean = self._latents_mean.to(device=z.device, dtype=z.dtype)
+            self._statistics_at = (z.device, z.dtype, inv_std, mean)
+        _, _, inv_std, mean = self._statistics_at
         return z / inv_std + mean
 
 

@@ -39,7 +39,13 @@ class SeededNoise:
         digest = hashlib.blake2b(f"{self.seed}:{key}".encode(), digest_size=8).digest()
         generator = torch.Generator().manual_seed(int.from_bytes(digest, "little") & (2**63 - 1))
         # Drawn on the CPU in float32 so CPU and GPU sessions with one seed start from the same noise.
-        return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+        if device.type != "cuda":
+            return torch.randn(shape, generator=generator).to(device=device, dtype=dtype)
+        # Into pinned memory (the same numbers: randn is normal_ on a new tensor) and copied without blocking:
+        # a pageable copy would stop the host until the GPU drained its queue, at every denoising step. The
+        # caching host allocator keeps the pinned block until the copy has run.
+        host = torch.empty(shape, pin_memory=True).normal_(generator=generator)
+        return host.to(device=device, non_blocking=True).to(dtype)
 
     def initial(self, block: int, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> torch.Tensor:
         return self._draw(f"initial.{block}", shape, device, dtype)

@@ -6,7 +6,7 @@ import asyncio
 import logging
 import sys
 
-from tokentrim_server.server.app import serve
+from tokentrim_server.server.app import WarmupError, serve
 from tokentrim_server.server.config import ConfigError, load_config
 
 
@@ -22,6 +22,9 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as error:
         print(f"tokentrim-server: {error}", file=sys.stderr)
         return 2
+    except WarmupError as error:  # the model cannot run its default session; the cause is in the log above
+        print(f"tokentrim-server: {error}", file=sys.stderr)
+        return 1
     return 0
 
 

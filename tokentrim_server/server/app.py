@@ -1,10 +1,11 @@
-"""Assembling and running the server: model, workers, gRPC services, metrics endpoint, graceful drain."""
+"""Assembling and running the server: model, workers, gRPC services, metrics endpoint, warm-up, graceful drain."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
 import signal
+import time
 from pathlib import Path
 
 import grpc
@@ -16,6 +17,7 @@ from tokentrim.v1 import streaming_pb2_grpc as pb_grpc
 
 from tokentrim_server import __version__
 from tokentrim_server.engine.admission import Admission
+from tokentrim_server.engine.generation import GenerationSession
 from tokentrim_server.engine.worker import DeviceWorker
 from tokentrim_server.loading.model import ModelBundle, ModelSpec, load_model
 from tokentrim_server.pipelines.registry import PIPELINES
@@ -23,7 +25,7 @@ from tokentrim_server.policies import policy_names
 from tokentrim_server.server.auth import BearerTokenInterceptor
 from tokentrim_server.server.config import ConfigError, ServerConfig, parse_size
 from tokentrim_server.server.metrics import ServerMetrics
-from tokentrim_server.server.requests import RequestValidator
+from tokentrim_server.server.requests import RequestError, RequestValidator
 from tokentrim_server.server.service import StreamingService
 from tokentrim_server.server.session import Workers
 
@@ -33,14 +35,29 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StreamingService"].full_name
 CPU_CACHE_BUDGET = 4 * 2**30
 # A chunk of raw RGB at 1280x1280 is about 59 MB; keep sends well above the largest payload.
 MAX_SEND_BYTES = 256 * 2**20
+# Two chunks: a compiled model compiles at a session's first chunk and recompiles once at its second
+# (docs/performance.md), and the VAE decodes a first chunk differently from the ones after it.
+AUTO_WARMUP_CHUNKS = 2
+WARMUP_PROMPT = "warm-up"
+
+
+class WarmupError(RuntimeError):
+    """The start-up warm-up session failed: the model cannot serve, so the server must not report SERVING."""
 
 
 def model_spec(config: ServerConfig) -> ModelSpec:
     dtype = config.dtype or ("float32" if config.device == "cpu" else "bfloat16")
     return ModelSpec(
         model=config.model, checkpoint=config.checkpoint, checkpoint_key=config.checkpoint_key,
-        device=config.device, dtype=dtype, attention_backend=config.attention_backend,
+        device=config.device, dtype=dtype, attention_backend=config.attention_backend, compile=config.compile,
     )
+
+
+def resolve_warmup_chunks(config: ServerConfig, device: torch.device) -> int:
+    """Warm-up chunks to run; ``-1``: enough to compile when compiling, and to warm CUDA (kernels, allocator)."""
+    if config.warmup_chunks >= 0:
+        return config.warmup_chunks
+    return AUTO_WARMUP_CHUNKS if config.compile or device.type == "cuda" else 0
 
 
 def resolve_cache_budget(config: ServerConfig, device: torch.device) -> int:
@@ -100,6 +117,7 @@ class TokentrimServer:
         self._server: grpc.aio.Server | None = None
 
     async def start(self) -> None:
+        """Bind, serve health as NOT_SERVING while the warm-up runs, then SERVING (raises if the warm-up fails)."""
         config = self.config
         tokens = config.tokens()
         interceptors = [BearerTokenInterceptor(tokens, self.metrics)] if tokens else []
@@ -110,6 +128,9 @@ class TokentrimServer:
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
             server,
         )
+        # The servicer starts out SERVING for ""; nothing may report ready before the warm-up is done.
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.NOT_SERVING)
         credentials = _credentials(config)
         for address in config.listen:
             port = (server.add_secure_port(address, credentials) if credentials else server.add_insecure_port(address))
@@ -118,13 +139,56 @@ class TokentrimServer:
             self.ports.append(port)
         await server.start()
         self._server = server
-        for name in ("", SERVICE_NAME):
-            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         if config.metrics_port >= 0:
             self.metrics_port = self.metrics.serve(config.metrics_port, config.metrics_address)
+        try:
+            await self.warm_up(resolve_warmup_chunks(config, self.bundle.transformer.device))
+        except BaseException:  # a broken model must not keep serving, nor keep the ports and threads
+            await self.stop(grace=0)
+            raise
+        for name in ("", SERVICE_NAME):
+            await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving %s on %s (%s), metrics on :%s, auth %s, TLS %s", self.bundle.name,
                  ", ".join(config.listen), ", ".join(map(str, self.ports)), self.metrics_port,
                  "on" if tokens else "off", "on" if credentials else "off")
+
+    async def warm_up(self, chunks: int) -> None:
+        """Run ``chunks`` chunks of a throwaway session the way a served session runs them, then free it.
+
+        The session is what a client naming only a prompt gets (the server's default size, pipeline and policy),
+        so the first client's chunks reuse what the warm-up compiled, autotuned and allocated. It bypasses
+        admission and metrics: it is not a session anyone asked for.
+        """
+        if chunks == 0:
+            return
+        try:
+            planned = self.service.validator.plan(pb.StartSession(prompt=WARMUP_PROMPT, seed=0))
+        except RequestError as error:  # e.g. a cache budget too small for one session of the default size
+            raise WarmupError(f"warm-up: the server's defaults make no valid session: {error}") from error
+        if chunks > planned.max_chunks:
+            raise ConfigError(f"warmup_chunks ({chunks}) must be at most a session's {planned.max_chunks} chunks")
+        plan = planned.plan
+        log.info("warming up: %d chunks of %s at %dx%d, policy %s", chunks, plan.pipeline, plan.width, plan.height,
+                 plan.policy.name)
+        started = time.perf_counter()
+        try:
+            generation = await self.workers.denoise.run(GenerationSession, self.bundle, plan)
+        except Exception as error:
+            raise WarmupError(f"warm-up: opening the session failed: {type(error).__name__}: {error}") from error
+        try:
+            for index in range(chunks):
+                chunk_started = time.perf_counter()
+                try:
+                    step = await self.workers.denoise.run(generation.step)
+                    await self.workers.render.run(generation.decode, step)
+                except Exception as error:
+                    raise WarmupError(
+                        f"warm-up: chunk {index} of {chunks} failed: {type(error).__name__}: {error}"
+                    ) from error
+                log.info("warm-up chunk %d: %.2f s", index, time.perf_counter() - chunk_started)
+        finally:
+            await self.workers.denoise.run(generation.close)
+        log.info("warm-up done: %d chunks in %.2f s", chunks, time.perf_counter() - started)
 
     async def drain_and_stop(self) -> None:
         """SIGTERM: NOT_SERVING, refuse new sessions, give running ones the grace period, then stop."""

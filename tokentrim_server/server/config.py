@@ -1,7 +1,8 @@
 """Server configuration: defaults, then a TOML file, then ``TOKENTRIM_*`` environment variables, then flags.
 
 Every option has one name: ``max_sessions`` is the TOML key, ``TOKENTRIM_MAX_SESSIONS`` the environment
-variable and ``--max-sessions`` the flag. ``docs/server.md`` lists them all.
+variable and ``--max-sessions`` the flag; a bool option also has its negation, ``--no-compile``.
+``docs/server.md`` lists them all.
 """
 
 from __future__ import annotations
@@ -28,6 +29,10 @@ _UNITS = {
     "mib": 2**20,
     "gib": 2**30,
     "tib": 2**40,
+}
+_BOOLS = {
+    "true": True, "1": True, "yes": True, "on": True,
+    "false": False, "0": False, "no": False, "off": False,
 }
 
 
@@ -61,6 +66,14 @@ class ServerConfig:
     device: str = option("cpu", "torch device, e.g. cpu or cuda:0")
     dtype: str | None = option(None, "float32, bfloat16 or float16 (default: float32 on CPU, bfloat16 on CUDA)")
     attention_backend: str = option("auto", "auto, sdpa, xformers or flash")
+    compile: bool = option(
+        False,
+        "torch.compile the transformer blocks (faster chunks after a slow first compile; see docs/performance.md)",
+    )
+    warmup_chunks: int = option(
+        -1, "chunks of a throwaway session run at start-up, before health reports SERVING (compiles, autotunes, "
+        "warms the allocator); -1: 2 when compile is on or the device is CUDA, else 0",
+    )
     # network
     listen: list[str] = field(
         default_factory=lambda: ["0.0.0.0:50051"],
@@ -116,6 +129,8 @@ class ServerConfig:
         for name in ("max_session_hooks", "drain_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
+        if self.warmup_chunks < -1:
+            raise ConfigError(f"warmup_chunks must be >= -1 (-1: automatic); got {self.warmup_chunks}")
         if self.default_credits > self.max_credits:
             raise ConfigError(f"default_credits ({self.default_credits}) must be <= max_credits ({self.max_credits})")
         if not 1 <= self.jpeg_quality <= 100:
@@ -150,7 +165,7 @@ _FIELDS = {spec.name: spec for spec in dataclasses.fields(ServerConfig)}
 def _kind(name: str) -> type:
     """The scalar type of an option (list options: their element type)."""
     annotation = str(_FIELDS[name].type)
-    for kind in (int, float, str):
+    for kind in (bool, int, float, str):
         if annotation.startswith(kind.__name__) or annotation.startswith(f"list[{kind.__name__}"):
             return kind
     raise TypeError(f"option {name} has an unsupported type {annotation}")
@@ -171,12 +186,26 @@ def _convert(name: str, value: Any, source: str) -> Any:
 
 
 def _convert_scalar(name: str, kind: type, value: Any, source: str) -> Any:
+    if kind is bool:
+        return _convert_bool(name, value, source)
     try:
+        # TOML true/false must not pass for 1/0 (int(True) == 1).
+        if isinstance(value, bool):
+            raise ValueError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
         return kind(value.strip() if isinstance(value, str) else value)
     except (TypeError, ValueError):
         raise ConfigError(f"{name} ({source}) must be {kind.__name__}; got {value!r}") from None
+
+
+def _convert_bool(name: str, value: Any, source: str) -> bool:
+    """A TOML boolean, argparse's True/False, or one of the words in ``_BOOLS`` (case-insensitive)."""
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.strip().lower() in _BOOLS:
+        return _BOOLS[value.strip().lower()]
+    raise ConfigError(f"{name} ({source}) must be bool (true/false, 1/0, yes/no, on/off); got {value!r}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -194,6 +223,9 @@ def build_parser() -> argparse.ArgumentParser:
         flag = "--" + name.replace("_", "-")
         if _is_list(name):
             parser.add_argument(flag, action="append", default=None, help=help_text)
+        elif _kind(name) is bool:
+            # --compile / --no-compile; None when neither is given, so the environment and the file still apply.
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         else:
             parser.add_argument(flag, default=None, help=help_text)
     return parser

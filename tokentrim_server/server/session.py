@@ -250,7 +250,7 @@ class ServedSession:
         first_frame = self.generation.frames_emitted
         started = time.perf_counter()
         data: np.ndarray = (
-            self.generation.latents(chunk) if self.planned.encoding == "latents" else self.generation.decode(chunk)
+            self.generation.latents(step) if self.planned.encoding == "latents" else self.generation.decode(step)
         )
         decoded = time.perf_counter()
         message = pb.Chunk(
