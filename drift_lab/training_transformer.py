@@ -65,15 +65,6 @@ class TrainingAttention:
         return keys, values
 
 
-def text_context(model: CausalWanTransformer, prompt_embeds: torch.Tensor) -> TextContext:
-    """The cross-attention K/V of ``prompt_embeds`` with autograd.
-
-    ``encode_text`` runs under ``no_grad`` (the server never trains), which would leave the text embedder and
-    every layer's cross-attention K/V projections untrained; its undecorated function computes the same K/V.
-    """
-    return CausalWanTransformer.encode_text.__wrapped__(model, prompt_embeds)
-
-
 def denoising_grid() -> torch.Tensor:
     """The timesteps the Self Forcing pipeline denoises at by default (warped 1000/750/500/250)."""
     options = SelfForcingOptions()
@@ -170,7 +161,7 @@ def train_transformer(
             latents, prompts = pool.batch(rng, config.batch)
             timesteps, context = draw_timesteps(config.batch, chunks, config.context_noise_aug, generator)
             with autocast(device, dtype):
-                loss = clip_loss(model, latents, text_context(model, prompts), timesteps, context, generator)
+                loss = clip_loss(model, latents, model.text_context(prompts), timesteps, context, generator)
             optimizer_step(loss, model.base, optimizer, scheduler, config.grad_clip)
             progress.log(step, {"x0_mse": loss.item()})
     return progress

@@ -19,7 +19,6 @@ from drift_lab.training_transformer import (
     clip_loss,
     denoising_grid,
     teacher_forced_flows,
-    text_context,
     train_transformer,
 )
 from drift_lab.training_vae import latent_guide, random_crops
@@ -173,7 +172,7 @@ def test_differentiable_text_context_matches_encode_text(micro_model) -> None:
     reference = model.encode_text(prompt)
     model.base.requires_grad_(True)
     try:
-        text = text_context(model, prompt)
+        text = model.text_context(prompt)
     finally:
         model.base.requires_grad_(False)
     assert text.keys[0].requires_grad and text.values[-1].requires_grad

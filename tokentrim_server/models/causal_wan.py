@@ -163,6 +163,10 @@ class CausalWanTransformer(nn.Module):
         The prompt is zero-padded to ``text_len`` and attended without a mask, as the official code does:
         the padding rows pass through the text embedder like real tokens.
         """
+        return self.text_context(prompt_embeds)
+
+    def text_context(self, prompt_embeds: torch.Tensor) -> TextContext:
+        """:meth:`encode_text` under the caller's grad mode (training reaches the text embedder through it)."""
         batch, length, dim = prompt_embeds.shape
         if length > self.text_len:
             raise ValueError(f"prompt has {length} tokens; the model's text_len is {self.text_len}")
