@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-BUF_HINT = "install buf with `npm install --prefix .tools @bufbuild/buf` (.ci/run does) or put it on PATH"
+BUF_HINT = "install buf with `npm install --prefix .tools @bufbuild/buf` (`make tools` does) or put it on PATH"
 
 
 def buf_binary() -> str | None:

@@ -1,32 +1,72 @@
 """The device worker: one thread that runs every model call, so the event loop never blocks on the device.
 
-Sessions are served in submission order. A session submits its next chunk only after its previous one
-came back, so it has at most one job queued: first-in first-out is then round robin across sessions, and
-no session can starve another however fast it grants credit.
+Jobs carry an owner (a session). The worker runs them by start-time fair queuing over the device time each
+owner has used, not first in first out: a session whose chunks are expensive (many denoising steps, a
+hook's optimisation, regenerations) gets the same share of the device as a cheap one, not the same number
+of chunks, so it cannot starve the others. Each owner has a virtual finish time ``F`` (the device seconds
+it has used, measured on the worker); a job queued by owner ``o`` gets the start tag ``max(F_o, V)``, where
+``V`` is the start tag of the job last picked, so an owner that sat idle cannot bank its unused share and
+then monopolise the device. The queued job with the smallest tag runs next (ties: first submitted). Jobs
+of one owner run in submission order, which the sessions' clean-up relies on. A running job is never
+interrupted: another session waits at most one chunk of an expensive session.
+
+On CUDA the measured time is the host's wall time of the job, which includes the device time wherever
+the job synchronises (a policy's ``.item()``, a chunk's end); that is the cost the other sessions wait for.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
-from typing import TypeVar
+from collections import deque
+from collections.abc import Callable, Hashable
+from concurrent.futures import Future
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
 T = TypeVar("T")
 
 
+@dataclass
+class _Job:
+    function: Callable[..., Any]
+    args: tuple[Any, ...]
+    future: Future[Any]
+    owner: Hashable
+    sequence: int
+    tag: float = 0.0
+
+
+@dataclass
+class _Owner:
+    finish: float = 0.0  # virtual finish time: the owner's start tag plus the device seconds its jobs took
+    queue: deque[_Job] = field(default_factory=deque)
+    running: bool = False
+
+
 class DeviceWorker:
-    """A single-thread executor with an asyncio face; ``name`` labels its thread in dumps and profiles."""
+    """A single-thread, fair-queuing executor with an asyncio face; ``name`` labels its thread.
 
-    def __init__(self, name: str) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix=name)
+    ``clock`` measures a job's cost (injectable for tests).
+    """
 
-    async def run(self, function: Callable[..., T], *args: object) -> T:
+    def __init__(self, name: str, clock: Callable[[], float] = time.perf_counter) -> None:
+        self._clock = clock
+        self._lock = threading.Condition()
+        self._owners: dict[Hashable, _Owner] = {}
+        self._virtual_time = 0.0
+        self._sequence = itertools.count()
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, name=name, daemon=True)
+        self._thread.start()
+
+    async def run(self, function: Callable[..., T], *args: object, owner: Hashable = None) -> T:
         """Run ``function(*args)`` on the worker; cancelling the caller does not stop a job already queued."""
-        return await asyncio.wrap_future(self._executor.submit(function, *args))
+        return await asyncio.wrap_future(self.submit(function, *args, owner=owner))
 
-    async def run_timed(self, function: Callable[..., T], *args: object) -> tuple[T, float]:
+    async def run_timed(self, function: Callable[..., T], *args: object, owner: Hashable = None) -> tuple[T, float]:
         """Like :meth:`run`, also returning the seconds the job waited in the queue."""
         submitted = time.perf_counter()
 
@@ -34,11 +74,69 @@ class DeviceWorker:
             waited = time.perf_counter() - submitted
             return function(*args), waited
 
-        return await self.run(timed)
+        return await self.run(timed, owner=owner)
 
-    def submit(self, function: Callable[..., T], *args: object) -> Future[T]:
-        """Queue ``function(*args)`` without waiting (clean-up that must follow a session's in-flight jobs)."""
-        return self._executor.submit(function, *args)
+    def submit(self, function: Callable[..., T], *args: object, owner: Hashable = None) -> Future[T]:
+        """Queue ``function(*args)`` for ``owner`` without waiting (``None`` is an owner like any other)."""
+        future: Future[T] = Future()
+        with self._lock:
+            if self._closed:
+                raise RuntimeError("the device worker is shut down")
+            state = self._owners.setdefault(owner, _Owner())
+            job = _Job(function, args, future, owner, next(self._sequence))
+            if not state.queue and not state.running:
+                job.tag = max(state.finish, self._virtual_time)
+            state.queue.append(job)
+            self._lock.notify()
+        return future
+
+    def forget(self, owner: Hashable) -> None:
+        """Drop ``owner``'s accounting once it will submit nothing more (a finished session)."""
+        with self._lock:
+            state = self._owners.get(owner)
+            if state is not None and not state.queue and not state.running:
+                del self._owners[owner]
 
     def shutdown(self) -> None:
-        self._executor.shutdown(wait=True, cancel_futures=False)
+        """Run every queued job, then stop the thread."""
+        with self._lock:
+            self._closed = True
+            self._lock.notify()
+        self._thread.join()
+
+    # ------------------------------------------------------------------ the worker thread
+    def _serve(self) -> None:
+        while True:
+            job = self._next_job()
+            if job is None:
+                return
+            started = self._clock()
+            if job.future.set_running_or_notify_cancel():
+                try:
+                    job.future.set_result(job.function(*job.args))
+                except BaseException as error:  # the caller gets it; the worker goes on
+                    job.future.set_exception(error)
+            self._done(job, self._clock() - started)
+
+    def _next_job(self) -> _Job | None:
+        with self._lock:
+            while True:
+                heads = [state.queue[0] for state in self._owners.values() if state.queue]
+                if heads:
+                    job = min(heads, key=lambda head: (head.tag, head.sequence))
+                    state = self._owners[job.owner]
+                    state.queue.popleft()
+                    state.running = True
+                    self._virtual_time = job.tag
+                    return job
+                if self._closed:
+                    return None
+                self._lock.wait()
+
+    def _done(self, job: _Job, seconds: float) -> None:
+        with self._lock:
+            state = self._owners[job.owner]
+            state.running = False
+            state.finish = job.tag + seconds
+            if state.queue:  # the owner's next job starts where this one finished
+                state.queue[0].tag = max(state.finish, self._virtual_time)

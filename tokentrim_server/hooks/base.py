@@ -85,6 +85,15 @@ class SessionHook(Configurable):
 
     kind: ClassVar[str] = "session hook"
 
+    @property
+    def iterations(self) -> int:
+        """Optimisation iterations (model forward and backward passes) per denoising step the hook adjusts.
+
+        0 for a hook that optimises nothing. Every session shares the device, so the server refuses a session
+        whose hook asks for more than its ``max_hook_iterations`` limit; a hook with such a knob reports it.
+        """
+        return 0
+
     def start(self, session: SessionInfo) -> None:
         """Called once when the session opens; raise ``ValueError`` to refuse it."""
 

@@ -3,8 +3,13 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
+import json
+import re
 from collections.abc import Mapping
 from typing import Any
+
+from pydantic import TypeAdapter, ValidationError
 
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.pipelines.rolling_forcing import RollingForcingOptions, RollingForcingPipeline
@@ -16,10 +21,16 @@ PIPELINES: dict[str, tuple[type, type]] = {
     "self_forcing": (SelfForcingPipeline, SelfForcingOptions),
     "rolling_forcing": (RollingForcingPipeline, RollingForcingOptions),
 }
+_SHOWN_INPUT_CHARS = 40  # an echoed value is cut here: a 300-digit number helps nobody
+_MUST = re.compile(r"^(Input|Tuple|List) should ")  # pydantic's "Input should be ..." as "must be ..."
 
 
 def pipeline_options(name: str, overrides: Mapping[str, Any] | None = None) -> Any:
-    """The options of pipeline ``name`` with ``overrides`` applied (unknown names are an error)."""
+    """The options of pipeline ``name`` with ``overrides`` (JSON values) applied, type- and range-checked.
+
+    Raises ``ValueError`` naming the option: unknown, of the wrong type (booleans are not integers, 2.5 is not
+    an integer), not finite, or out of its range. Constraints between options are left to ``validate()``.
+    """
     if name not in PIPELINES:
         raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}; got {name!r}")
     options_cls = PIPELINES[name][1]
@@ -28,11 +39,47 @@ def pipeline_options(name: str, overrides: Mapping[str, Any] | None = None) -> A
     unknown = sorted(set(overrides) - fields)
     if unknown:
         raise ValueError(f"unknown {name} option(s) {unknown}; known: {sorted(fields)}")
-    if "denoising_steps" in overrides:
-        overrides["denoising_steps"] = tuple(overrides["denoising_steps"])
-    return options_cls(**overrides)
+    try:
+        # JSON mode: strict types as a client's JSON carries them (a list for a tuple, an int for a float).
+        return _adapter(options_cls).validate_json(json.dumps(overrides, allow_nan=True))
+    except (TypeError, ValueError) as error:  # ValidationError, or a value JSON cannot carry
+        raise ValueError(_describe(error)) from None
+
+
+def options_schema(name: str) -> dict[str, Any]:
+    """JSON Schema of pipeline ``name``'s options: each option's type, range, default and description."""
+    return _adapter(PIPELINES[name][1]).json_schema()
 
 
 def build_pipeline(name: str, model: CausalWanTransformer, overrides: Mapping[str, Any] | None = None) -> Pipeline:
     options = pipeline_options(name, overrides)
     return PIPELINES[name][0](model, options)
+
+
+@functools.cache
+def _adapter(options_cls: type) -> TypeAdapter:
+    return TypeAdapter(options_cls)
+
+
+def _describe(error: Exception) -> str:
+    if not isinstance(error, ValidationError):
+        return f"options must be JSON values: {error}"
+    problems: dict[str, str] = {}
+    for item in error.errors():
+        option = str(item["loc"][0])
+        if option in problems:  # the first problem of an option; the rest follow from it
+            continue
+        where = option + "".join(f"[{part}]" if isinstance(part, int) else f".{part}" for part in item["loc"][1:])
+        shown = json.dumps(item["input"]) if _is_json(item["input"]) else repr(item["input"])
+        if len(shown) > _SHOWN_INPUT_CHARS:
+            shown = shown[:_SHOWN_INPUT_CHARS] + "..."
+        problems[option] = f"{where} {_MUST.sub('must ', item['msg'], count=1)}; got {shown}"
+    return "; ".join(problems.values())
+
+
+def _is_json(value: Any) -> bool:
+    try:
+        json.dumps(value, allow_nan=False)
+    except (TypeError, ValueError):
+        return False
+    return True

@@ -17,6 +17,16 @@ import torch
 
 from tokentrim_server.cache.contexts import RollingWindowContext, RollingWriteContext
 from tokentrim_server.pipelines.base import Chunk, PipelineBase, StreamBase, check_positive
+from tokentrim_server.pipelines.option_types import (
+    STRICT_OPTIONS,
+    AttentionFrames,
+    CacheFrames,
+    ContextNoise,
+    DenoisingSteps,
+    FramesPerBlock,
+    TimestepShift,
+    WarpDenoisingStep,
+)
 from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
 
 
@@ -24,13 +34,15 @@ from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
 class RollingForcingOptions:
     """Options of the Rolling Forcing pipeline (defaults: the official 5-step distilled model)."""
 
-    frames_per_block: int = 3
-    denoising_steps: tuple[int, ...] = (1000, 800, 600, 400, 200)
-    warp_denoising_step: bool = True
-    timestep_shift: float = 5.0
-    context_noise: float = 0.0
-    cache_frames: int = 24  # frames the cache holds, sink included
-    attention_frames: int = 21  # frames one call attends to at most
+    __pydantic_config__ = STRICT_OPTIONS
+
+    frames_per_block: FramesPerBlock = 3
+    denoising_steps: DenoisingSteps = (1000, 800, 600, 400, 200)
+    warp_denoising_step: WarpDenoisingStep = True
+    timestep_shift: TimestepShift = 5.0
+    context_noise: ContextNoise = 0.0
+    cache_frames: CacheFrames = 24  # frames the cache holds, sink included
+    attention_frames: AttentionFrames = 21  # frames one call attends to at most
 
     @property
     def sink_frames(self) -> int:

@@ -15,6 +15,16 @@ import torch
 
 from tokentrim_server.cache.contexts import BlockCausalContext
 from tokentrim_server.pipelines.base import Chunk, PipelineBase, StreamBase, check_positive
+from tokentrim_server.pipelines.option_types import (
+    STRICT_OPTIONS,
+    ContextNoise,
+    DenoisingSteps,
+    FramesPerBlock,
+    LocalAttentionFrames,
+    SinkFrames,
+    TimestepShift,
+    WarpDenoisingStep,
+)
 from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
 
 
@@ -22,13 +32,15 @@ from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
 class SelfForcingOptions:
     """Options of the Self Forcing pipeline (defaults: the official 4-step distilled model)."""
 
-    frames_per_block: int = 3
-    denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
-    warp_denoising_step: bool = True
-    timestep_shift: float = 5.0
-    context_noise: float = 0.0
-    local_attn_frames: int = -1  # -1: global attention, no eviction
-    sink_frames: int = 0
+    __pydantic_config__ = STRICT_OPTIONS
+
+    frames_per_block: FramesPerBlock = 3
+    denoising_steps: DenoisingSteps = (1000, 750, 500, 250)
+    warp_denoising_step: WarpDenoisingStep = True
+    timestep_shift: TimestepShift = 5.0
+    context_noise: ContextNoise = 0.0
+    local_attn_frames: LocalAttentionFrames = -1  # -1: global attention, no eviction
+    sink_frames: SinkFrames = 0
 
     def validate(self) -> None:
         check_positive("frames_per_block", self.frames_per_block)

@@ -1,18 +1,24 @@
 """Typed, validated policy parameters and the schema a server lists.
 
 A policy declares its parameters as :class:`Parameter` entries; :func:`validate_params` turns the values a
-session asks for into a complete, checked dict. Every error names the parameter and what it accepts, so a
-client can fix its request without reading the policy's code.
+session asks for into a complete, checked dict. The checks are pydantic's, in strict mode (a bool is not an
+int, an int is not a bool, NaN and infinity are no float), and the same declaration gives each parameter's
+standard JSON Schema. Every error names the parameter and what it accepts, so a client can fix its request
+without reading the policy's code.
 """
 
 from __future__ import annotations
 
-import math
+import functools
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import Field, TypeAdapter, ValidationError
 
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
+# pydantic error types that mean "not of the declared type" (the rest are range or choice errors)
+_TYPE_ERRORS = {"bool_type", "int_type", "float_type", "string_type", "finite_number"}
 
 
 class ParameterError(ValueError):
@@ -58,12 +64,19 @@ class Parameter:
 
     def validate(self, value: Any) -> Any:
         """Return ``value`` as this parameter's type, or raise :class:`ParameterError`."""
-        value = self._typed(value)
-        if self.choices is not None and value not in self.choices:
-            raise self._error(value)
-        if self.type in (int, float) and not self._in_range(value):
-            raise self._error(value)
-        return value
+        try:
+            checked = self._adapter.validate_python(value, strict=True)
+        except ValidationError as error:
+            expected = self._constraint
+            if error.errors()[0]["type"] in _TYPE_ERRORS:
+                kind = {bool: "a bool", int: "an int", float: "a finite float", str: "a str"}[self.type]
+                expected = f"{kind} {expected}"
+            raise ParameterError(f"parameter {self.name!r} must be {expected}; got {value!r}") from None
+        return float(checked) if self.type is float else checked
+
+    def json_schema(self) -> dict[str, Any]:
+        """This parameter's JSON Schema, with its default and description."""
+        return {**self._adapter.json_schema(), "default": self.default, "description": self.description}
 
     def describe(self) -> dict[str, Any]:
         """JSON-ready schema entry."""
@@ -80,30 +93,18 @@ class Parameter:
             "description": self.description,
         }
 
-    def _typed(self, value: Any) -> Any:
-        # bool is an int subclass in Python; a boolean for a number (or a number for a bool) is a client bug.
-        if self.type is bool:
-            ok = isinstance(value, bool)
-        elif self.type is int:
-            ok = isinstance(value, int) and not isinstance(value, bool)
-        elif self.type is float:
-            ok = isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
-        else:
-            ok = isinstance(value, str)
-        if not ok:
-            kind = {bool: "a bool", int: "an int", float: "a finite float", str: "a str"}[self.type]
-            raise ParameterError(f"parameter {self.name!r} must be {kind} {self._constraint}; got {value!r}")
-        return float(value) if self.type is float else value
-
-    def _in_range(self, value: float) -> bool:
-        if self.minimum is not None and (value <= self.minimum if self.exclusive_minimum else value < self.minimum):
-            return False
-        return not (
-            self.maximum is not None and (value >= self.maximum if self.exclusive_maximum else value > self.maximum)
-        )
-
-    def _error(self, value: Any) -> ParameterError:
-        return ParameterError(f"parameter {self.name!r} must be {self._constraint}; got {value!r}")
+    @functools.cached_property
+    def _adapter(self) -> TypeAdapter:
+        """The pydantic validator of this declaration (bounds as declared, strictness at validation)."""
+        if self.choices is not None:
+            return TypeAdapter(Literal[self.choices])
+        bounds: dict[str, float] = {}
+        if self.minimum is not None:
+            bounds["gt" if self.exclusive_minimum else "ge"] = self.minimum
+        if self.maximum is not None:
+            bounds["lt" if self.exclusive_maximum else "le"] = self.maximum
+        finite = {"allow_inf_nan": False} if self.type is float else {}
+        return TypeAdapter(Annotated[self.type, Field(**bounds, **finite)])
 
     @property
     def _constraint(self) -> str:
@@ -143,9 +144,21 @@ class Configurable:
 
     @classmethod
     def schema(cls) -> dict[str, Any]:
-        """JSON-ready description a server lists."""
+        """JSON-ready description a server lists: the parameter entries, and the same as a JSON Schema."""
         return {
             "name": cls.name,
             "description": cls.description,
             "parameters": [parameter.describe() for parameter in cls.parameters],
+            "json_schema": cls.json_schema(),
+        }
+
+    @classmethod
+    def json_schema(cls) -> dict[str, Any]:
+        """The parameters as one JSON Schema object (draft 2020-12): what a client may put in ``params``."""
+        return {
+            "type": "object",
+            "title": f"{cls.kind} {cls.name}",
+            "description": cls.description,
+            "properties": {parameter.name: parameter.json_schema() for parameter in cls.parameters},
+            "additionalProperties": False,
         }

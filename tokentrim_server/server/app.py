@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import signal
 import time
@@ -13,7 +14,6 @@ import torch
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 from tokentrim.v1 import streaming_pb2 as pb
-from tokentrim.v1 import streaming_pb2_grpc as pb_grpc
 
 from tokentrim_server import __version__
 from tokentrim_server.engine.admission import Admission
@@ -24,6 +24,7 @@ from tokentrim_server.pipelines.registry import PIPELINES
 from tokentrim_server.policies import policy_names
 from tokentrim_server.server.auth import BearerTokenInterceptor
 from tokentrim_server.server.config import ConfigError, ServerConfig, parse_size
+from tokentrim_server.server.decoding import add_tolerant_service
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import RequestError, RequestValidator
 from tokentrim_server.server.service import StreamingService
@@ -31,7 +32,8 @@ from tokentrim_server.server.session import Workers
 
 log = logging.getLogger(__name__)
 
-SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StreamingService"].full_name
+SERVICE = pb.DESCRIPTOR.services_by_name["StreamingService"]
+SERVICE_NAME = SERVICE.full_name
 CPU_CACHE_BUDGET = 4 * 2**30
 # A chunk of raw RGB at 1280x1280 is about 59 MB; keep sends well above the largest payload.
 MAX_SEND_BYTES = 256 * 2**20
@@ -51,6 +53,25 @@ def model_spec(config: ServerConfig) -> ModelSpec:
         model=config.model, checkpoint=config.checkpoint, checkpoint_key=config.checkpoint_key,
         device=config.device, dtype=dtype, attention_backend=config.attention_backend, compile=config.compile,
     )
+
+
+def public_model_name(config: ServerConfig) -> str:
+    """The name the server publishes for its model: ``model_name``, else the model folder's own name.
+
+    Never the path: it tells clients and scrapers nothing they need and something about the host.
+    """
+    return config.model_name or Path(config.model.rstrip("/\\")).name or config.model
+
+
+def is_loopback(address: str) -> bool:
+    """Whether a ``HOST:PORT`` listen address accepts only local connections."""
+    host = address.rsplit(":", 1)[0].strip("[]")
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:  # a host name: it may resolve to anything
+        return False
 
 
 def resolve_warmup_chunks(config: ServerConfig, device: torch.device) -> int:
@@ -104,12 +125,13 @@ class TokentrimServer:
         self.config = config
         self.bundle = bundle or load_model(model_spec(config))
         budget = resolve_cache_budget(config, self.bundle.transformer.device)
-        self.metrics = ServerMetrics(config.max_sessions, budget, self.bundle.name, __version__)
+        self.model_name = public_model_name(config)
+        self.metrics = ServerMetrics(config.max_sessions, budget, self.model_name, __version__)
         self.metrics.declare_plugins(policy_names(), PIPELINES)
         self.workers = Workers(DeviceWorker("tokentrim-device"), DeviceWorker("tokentrim-render"))
         validator = RequestValidator(config, self.bundle, self.bundle.default_size, budget)
         self.service = StreamingService(
-            self.bundle, validator, Admission(config.max_sessions, budget), self.metrics, self.workers
+            self.bundle, validator, Admission(config.max_sessions, budget), self.metrics, self.workers, self.model_name
         )
         self.health = health.aio.HealthServicer()
         self.ports: list[int] = []
@@ -122,7 +144,7 @@ class TokentrimServer:
         tokens = config.tokens()
         interceptors = [BearerTokenInterceptor(tokens, self.metrics)] if tokens else []
         server = grpc.aio.server(interceptors=interceptors, options=channel_options(config))
-        pb_grpc.add_StreamingServiceServicer_to_server(self.service, server)
+        add_tolerant_service(self.service, SERVICE, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
         reflection.enable_server_reflection(
             (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name, reflection.SERVICE_NAME),
@@ -148,7 +170,11 @@ class TokentrimServer:
             raise
         for name in ("", SERVICE_NAME):
             await self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
-        log.info("serving %s on %s (%s), metrics on :%s, auth %s, TLS %s", self.bundle.name,
+        exposed = [address for address in config.listen if not is_loopback(address)]
+        if exposed and not tokens:
+            log.warning("listening on %s beyond loopback without authentication: anyone who can reach it may run "
+                        "sessions (set auth_token_file or auth_tokens)", ", ".join(exposed))
+        log.info("serving %s on %s (%s), metrics on :%s, auth %s, TLS %s", self.model_name,
                  ", ".join(config.listen), ", ".join(map(str, self.ports)), self.metrics_port,
                  "on" if tokens else "off", "on" if credentials else "off")
 

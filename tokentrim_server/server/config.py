@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import tomllib
@@ -61,6 +62,10 @@ class ServerConfig:
 
     # model
     model: str = option("tiny", "'tiny' (embedded), a diffusers Wan folder or an original Wan folder")
+    model_name: str | None = option(
+        None, "the model's public name in GetServerInfo, SessionStarted and metrics (default: the --model folder's "
+        "name; the path itself is never published)",
+    )
     checkpoint: str | None = option(None, "distilled checkpoint replacing the transformer")
     checkpoint_key: str = option("generator_ema", "weight set inside the checkpoint")
     device: str = option("cpu", "torch device, e.g. cpu or cuda:0")
@@ -106,6 +111,15 @@ class ServerConfig:
     max_credits: int = option(16, "most outstanding flow-control credit per session")
     max_session_hooks: int = option(4, "most session hooks per session")
     max_message_bytes: int = option(1 << 20, "largest client message in bytes")
+    max_denoising_steps: int = option(
+        8, "most denoising steps per chunk a session may ask for (every session shares the device)"
+    )
+    max_hook_iterations: int = option(
+        4, "most optimisation iterations per adjusted denoising step a session hook may run (e.g. FlowMo's)"
+    )
+    idle_timeout_seconds: float = option(
+        60.0, "a session that waits this long without flow-control credit ends with DEADLINE_EXCEEDED (0: never)"
+    )
     start_timeout_seconds: float = option(10.0, "time a client has to send its start message")
     drain_seconds: float = option(30.0, "on SIGTERM, time running sessions get before they end with UNAVAILABLE")
     jpeg_quality: int = option(90, "JPEG quality of sessions that ask for none")
@@ -122,11 +136,13 @@ class ServerConfig:
             "max_credits",
             "max_message_bytes",
             "start_timeout_seconds",
+            "max_denoising_steps",
+            "max_hook_iterations",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
-        for name in ("max_session_hooks", "drain_seconds"):
+        for name in ("max_session_hooks", "drain_seconds", "idle_timeout_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.warmup_chunks < -1:
@@ -141,6 +157,8 @@ class ServerConfig:
             raise ConfigError("tls_client_ca needs tls_cert and tls_key")
         if not self.listen:
             raise ConfigError("listen needs at least one HOST:PORT")
+        if self.model_name is not None and not self.model_name.strip():
+            raise ConfigError("model_name must not be empty")
         if self.cache_budget != "auto":
             try:
                 parse_size(self.cache_budget)
@@ -194,7 +212,10 @@ def _convert_scalar(name: str, kind: type, value: Any, source: str) -> Any:
             raise ValueError
         if kind is int and isinstance(value, float) and not value.is_integer():
             raise ValueError
-        return kind(value.strip() if isinstance(value, str) else value)
+        converted = kind(value.strip() if isinstance(value, str) else value)
+        if kind is float and not math.isfinite(converted):  # "nan" and "inf" parse as floats
+            raise ValueError
+        return converted
     except (TypeError, ValueError):
         raise ConfigError(f"{name} ({source}) must be {kind.__name__}; got {value!r}") from None
 

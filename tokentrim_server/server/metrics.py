@@ -22,13 +22,15 @@ FPS_BUCKETS = (1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 128
 SEVERITY_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 RejectReason = Literal["max_sessions", "cache_budget", "invalid_argument", "unauthenticated", "draining"]
-EndReason = Literal["completed", "stopped", "length_limit", "cancelled", "error", "shutdown"]
+EndReason = Literal["completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout"]
 Stage = Literal["queue_wait", "denoise", "decode", "encode", "prompt_change"]
 
 REJECT_REASONS: tuple[RejectReason, ...] = (
     "max_sessions", "cache_budget", "invalid_argument", "unauthenticated", "draining",
 )
-END_REASONS: tuple[EndReason, ...] = ("completed", "stopped", "length_limit", "cancelled", "error", "shutdown")
+END_REASONS: tuple[EndReason, ...] = (
+    "completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout",
+)
 STAGES: tuple[Stage, ...] = ("queue_wait", "denoise", "decode", "encode", "prompt_change")
 
 

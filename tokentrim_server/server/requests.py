@@ -9,13 +9,12 @@ points, options among the pipeline's dataclass fields.
 from __future__ import annotations
 
 import dataclasses
+import math
 import secrets
-from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from google.protobuf.json_format import MessageToDict
-from google.protobuf.struct_pb2 import Struct
+from google.protobuf.struct_pb2 import Struct, Value
 from tokentrim.v1 import streaming_pb2 as pb
 
 from tokentrim_server.engine.generation import SessionPlan
@@ -34,6 +33,7 @@ ENCODINGS = {
     pb.ENCODING_LATENTS: "latents",
 }
 MAX_SEED = 2**63 - 1  # seeds travel as uint64 but are hashed as signed 64-bit integers by the noise source
+MAX_EXACT_INTEGER = 2**53  # Struct numbers are doubles: integers beyond this are not exact, so stay floats
 
 
 class RequestError(ValueError):
@@ -143,6 +143,13 @@ class RequestValidator:
             options.validate()
         except (TypeError, ValueError) as error:
             raise RequestError("pipeline_options", str(error)) from None
+        steps = len(options.denoising_steps)
+        if steps > self.config.max_denoising_steps:
+            raise RequestError(
+                "pipeline_options",
+                f"denoising_steps has {steps} steps; this server allows at most {self.config.max_denoising_steps} "
+                "per chunk (limits.max_denoising_steps): every session shares the device",
+            )
         return options
 
     def _size(self, field: str, value: int, default: int, maximum: int) -> int:
@@ -173,27 +180,46 @@ class RequestValidator:
         hooks = []
         for index, config in enumerate(configs):
             try:
-                hooks.append(create_hook(config.name, struct_to_dict(config.params)))
+                hook = create_hook(config.name, struct_to_dict(config.params))
             except HookNotFoundError as error:
                 raise RequestError(f"session_hooks[{index}].name", str(error)) from None
             except (ParameterError, TypeError, ValueError) as error:
                 raise RequestError(f"session_hooks[{index}].params", str(error)) from None
+            if hook.iterations > self.config.max_hook_iterations:
+                raise RequestError(
+                    f"session_hooks[{index}].params",
+                    f"session hook {hook.name!r} would run {hook.iterations} optimisation iterations per step; this "
+                    f"server allows at most {self.config.max_hook_iterations} (limits.max_hook_iterations)",
+                )
+            hooks.append(hook)
         return hooks
 
 
 def struct_to_dict(struct: Struct) -> dict[str, Any]:
-    """A protobuf Struct as plain Python, integral numbers as ints (protobuf carries every number as a double)."""
-    return {key: _integral(value) for key, value in MessageToDict(struct).items()}
+    """A protobuf Struct as plain Python values.
+
+    Protobuf carries every number as a double: exact integral ones become ints, the rest stay floats, NaN and
+    infinity included, so that the option or parameter they were given for reports them by name (protobuf's
+    own JSON conversion fails on them without saying where).
+    """
+    return {key: _plain(value) for key, value in struct.fields.items()}
 
 
-def _integral(value: Any) -> Any:
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, list):
-        return [_integral(item) for item in value]
-    if isinstance(value, Mapping):
-        return {key: _integral(item) for key, item in value.items()}
-    return value
+def _plain(value: Value) -> Any:
+    kind = value.WhichOneof("kind")
+    if kind == "number_value":
+        number = value.number_value
+        exact = math.isfinite(number) and number.is_integer() and abs(number) <= MAX_EXACT_INTEGER
+        return int(number) if exact else number
+    if kind == "string_value":
+        return value.string_value
+    if kind == "bool_value":
+        return value.bool_value
+    if kind == "struct_value":
+        return struct_to_dict(value.struct_value)
+    if kind == "list_value":
+        return [_plain(item) for item in value.list_value.values]
+    return None  # null_value, or a Value with nothing set
 
 
 def options_as_dict(options: Any) -> dict[str, Any]:

@@ -17,11 +17,13 @@ from tokentrim.v1 import streaming_pb2_grpc as pb_grpc
 from tokentrim_server.engine.admission import Admission, AdmissionError
 from tokentrim_server.hooks import describe_hooks
 from tokentrim_server.loading.model import ModelBundle
-from tokentrim_server.pipelines.registry import PIPELINES, pipeline_options
+from tokentrim_server.pipelines.registry import PIPELINES, options_schema, pipeline_options
 from tokentrim_server.policies import describe_policies
+from tokentrim_server.server.decoding import Undecodable
+from tokentrim_server.server.errors import log_fault
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import RequestError, RequestValidator, options_as_dict
-from tokentrim_server.server.session import ServedSession, SessionShutdown, Workers
+from tokentrim_server.server.session import ServedSession, SessionFault, SessionIdle, SessionShutdown, Workers
 
 log = logging.getLogger(__name__)
 
@@ -30,7 +32,11 @@ SHUTDOWN_WAIT_SECONDS = 30.0
 
 
 class StreamingService(pb_grpc.StreamingServiceServicer):
-    """Serves sessions on one loaded model."""
+    """Serves sessions on one loaded model, published as ``model_name`` (never the path it was loaded from).
+
+    Register it with :func:`tokentrim_server.server.decoding.add_tolerant_service`: requests may then be
+    :class:`Undecodable`, and are answered as INVALID_ARGUMENT.
+    """
 
     def __init__(
         self,
@@ -39,8 +45,10 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         admission: Admission,
         metrics: ServerMetrics,
         workers: Workers,
+        model_name: str,
     ) -> None:
         self.bundle = bundle
+        self.model_name = model_name
         self.validator = validator
         self.config = validator.config
         self.admission = admission
@@ -53,8 +61,10 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
 
     # ------------------------------------------------------------------ RPCs
     async def GetServerInfo(
-        self, request: pb.GetServerInfoRequest, context: grpc.aio.ServicerContext
+        self, request: pb.GetServerInfoRequest | Undecodable, context: grpc.aio.ServicerContext
     ) -> pb.GetServerInfoResponse:
+        if isinstance(request, Undecodable):
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"request: {request.describe()}")
         return self.server_info()
 
     async def Generate(
@@ -80,21 +90,27 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         try:
             try:
                 await session.open(self.bundle)
-            except (TypeError, ValueError) as error:  # e.g. a policy stage the pipeline cannot run
+            except ValueError as error:  # a policy or hook refusing the session says why (their documented way)
                 self.metrics.sessions_rejected.labels("invalid_argument").inc()
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"session: {error}")
             self.metrics.sessions_started.labels(planned.plan.pipeline, session.policy_name).inc()
             log.info("session %s started: %s, %s, policy %s", session.session_id, planned.plan.pipeline,
                      f"{planned.plan.width}x{planned.plan.height}", session.policy_name)
-            yield session.started_message(self.bundle.name, VIDEO_FPS)
+            yield session.started_message(self.model_name, VIDEO_FPS)
             async for response in session.responses(request_iterator):
                 yield response
         except RequestError as error:
             self.metrics.sessions_ended.labels("error").inc()
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(error))
+        except SessionIdle as error:
+            self.metrics.sessions_ended.labels("idle_timeout").inc()
+            await context.abort(grpc.StatusCode.DEADLINE_EXCEEDED, str(error))
         except SessionShutdown as error:
             self.metrics.sessions_ended.labels("shutdown").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
+        except SessionFault as error:  # logged with its error id where it happened
+            self.metrics.sessions_ended.labels("error").inc()
+            await context.abort(grpc.StatusCode.INTERNAL, str(error))
         except asyncio.CancelledError:  # the client went away or its deadline passed
             self.metrics.sessions_ended.labels("cancelled").inc()
             raise
@@ -102,8 +118,7 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
             if isinstance(error, grpc.aio.AbortError):
                 raise
             self.metrics.sessions_ended.labels("error").inc()
-            log.exception("session %s failed", session.session_id)
-            await context.abort(grpc.StatusCode.INTERNAL, f"generation failed: {type(error).__name__}: {error}")
+            await context.abort(grpc.StatusCode.INTERNAL, log_fault(log, f"session {session.session_id} failed"))
         finally:
             self._untrack(session)
             session.finish()
@@ -130,18 +145,21 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         pipelines = []
         for name in PIPELINES:
             options = pipeline_options(name, self.validator.default_options(name))
-            default_options = Struct()
-            default_options.update(options_as_dict(options))
-            pipelines.append(pb.PipelineInfo(name=name, default_options=default_options))
+            pipelines.append(pb.PipelineInfo(
+                name=name, default_options=_struct(options_as_dict(options)),
+                options_schema=_struct(options_schema(name)),
+            ))
         limits = pb.Limits(
             max_sessions=self.admission.max_sessions, cache_budget_bytes=self.admission.cache_budget_bytes,
             max_prompt_chars=config.max_prompt_chars, max_chunks=config.max_chunks, max_height=config.max_height,
             max_width=config.max_width, size_multiple=self.validator.size_multiple,
             default_credits=config.default_credits, max_credits=config.max_credits,
             max_session_hooks=config.max_session_hooks, max_message_bytes=config.max_message_bytes,
+            max_denoising_steps=config.max_denoising_steps, max_hook_iterations=config.max_hook_iterations,
+            idle_timeout_seconds=config.idle_timeout_seconds,
         )
         return pb.GetServerInfoResponse(
-            model=self.bundle.name, versions=_versions(), pipelines=pipelines,
+            model=self.model_name, versions=_versions(), pipelines=pipelines,
             default_pipeline=config.default_pipeline, cache_policies=_plugins(describe_policies()),
             default_cache_policy=config.default_policy, session_hooks=_plugins(describe_hooks()), limits=limits,
             frames_per_second=VIDEO_FPS, default_height=self.validator.default_height,
@@ -159,6 +177,9 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         except TimeoutError:
             await self._reject(context, "invalid_argument", grpc.StatusCode.DEADLINE_EXCEEDED,
                                f"start: no start message within {self.config.start_timeout_seconds:g} s")
+        if isinstance(first, Undecodable):
+            await self._reject(context, "invalid_argument", grpc.StatusCode.INVALID_ARGUMENT,
+                               f"request: {first.describe()}")
         if first.WhichOneof("request") != "start":
             await self._reject(context, "invalid_argument", grpc.StatusCode.INVALID_ARGUMENT,
                                "start: the first message of a session must be start")
@@ -189,8 +210,17 @@ def _plugins(schemas: list[dict]) -> list[pb.PluginInfo]:
     for schema in schemas:
         parameters = ListValue()
         parameters.extend(schema["parameters"])
-        plugins.append(pb.PluginInfo(name=schema["name"], description=schema["description"], parameters=parameters))
+        plugins.append(pb.PluginInfo(
+            name=schema["name"], description=schema["description"], parameters=parameters,
+            parameters_schema=_struct(schema["json_schema"]),
+        ))
     return plugins
+
+
+def _struct(values: dict) -> Struct:
+    struct = Struct()
+    struct.update(values)
+    return struct
 
 
 def _versions() -> dict[str, str]:

@@ -2,9 +2,11 @@
 
 Three activities per session, on the event loop:
 
-* the reader takes client messages (prompt changes, credits, stop) and never touches the device;
-* the producer waits for credit, runs the next chunk on the device worker, and queues its decode and
-  encoding on the render worker, so decoding chunk k overlaps denoising chunk k+1;
+* the reader takes client messages (prompt changes, credits, stop) and never touches the device; a message
+  it cannot decode or read ends the session at once (INVALID_ARGUMENT, field ``request``), and the client
+  closing its side means "no more requests": the chunks already granted are still delivered;
+* the producer waits for credit (at most the idle timeout), runs the next chunk on the device worker, and
+  queues its decode and encoding on the render worker, so decoding chunk k overlaps denoising chunk k+1;
 * the handler (:meth:`ServedSession.responses`) sends the chunks in order as their frames are ready.
 
 Whatever ends the session (done, stop, client gone, error, shutdown), :meth:`ServedSession.finish` frees
@@ -21,13 +23,16 @@ from concurrent.futures import Future
 from dataclasses import dataclass
 from typing import Literal
 
+import grpc
 import numpy as np
 from tokentrim.v1 import streaming_pb2 as pb
 
 from tokentrim_server.engine.admission import Admission, Reservation
 from tokentrim_server.engine.generation import ChunkStep, GenerationSession
 from tokentrim_server.engine.worker import DeviceWorker
+from tokentrim_server.server.decoding import Undecodable
 from tokentrim_server.server.encoding import fill_payload
+from tokentrim_server.server.errors import log_fault
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import PlannedSession, RequestError, RequestValidator
 
@@ -40,13 +45,26 @@ class SessionShutdown(Exception):
     """The server is shutting down and the session's grace period is over."""
 
 
-class SessionControl:
-    """What the client and the server asked of a running session; the producer waits on it."""
+class SessionIdle(Exception):
+    """The session waited the idle timeout without credit."""
 
-    def __init__(self, credits: int, max_credits: int) -> None:
+
+class SessionFault(Exception):
+    """A server fault, already logged under the error id that the message carries."""
+
+
+class SessionControl:
+    """What the client and the server asked of a running session; the producer waits on it.
+
+    ``idle_timeout`` (seconds, 0: none) bounds how long the producer waits for credit.
+    """
+
+    def __init__(self, credits: int, max_credits: int, idle_timeout: float = 0.0) -> None:
         self.credits = credits
         self.max_credits = max_credits
+        self.idle_timeout = idle_timeout
         self.stopped = False
+        self.requests_closed = False  # the client half-closed: it grants nothing more
         self.shutdown = False
         self.error: Exception | None = None
         self._changed = asyncio.Event()
@@ -57,6 +75,10 @@ class SessionControl:
 
     def stop(self) -> None:
         self.stopped = True
+        self._changed.set()
+
+    def close_requests(self) -> None:
+        self.requests_closed = True
         self._changed.set()
 
     def fail(self, error: Exception) -> None:
@@ -72,15 +94,27 @@ class SessionControl:
         return self.stopped or self.shutdown or self.error is not None
 
     async def take_credit(self) -> bool:
-        """Wait for one chunk of credit; ``False`` when the session is ending instead."""
+        """Wait for one chunk of credit; ``False`` when the session is ending instead.
+
+        After a half-close, the credit left is all there will be. Raises :class:`SessionIdle` when nothing
+        happens within the idle timeout while there is no credit.
+        """
         while True:
             if self.ending:
                 return False
             if self.credits > 0:
                 self.credits -= 1
                 return True
+            if self.requests_closed:
+                return False
             self._changed.clear()
-            await self._changed.wait()
+            try:
+                await asyncio.wait_for(self._changed.wait(), self.idle_timeout or None)
+            except TimeoutError:
+                raise SessionIdle(
+                    f"idle: no flow-control credit granted for {self.idle_timeout:g} s; the session was ended to "
+                    "free its slot (grant credit sooner, or stop the session while not watching)"
+                ) from None
 
 
 @dataclass
@@ -122,7 +156,8 @@ class ServedSession:
         self.admission = admission
         self.metrics = metrics
         self.validator = validator
-        self.control = SessionControl(planned.credits, validator.config.max_credits)
+        config = validator.config
+        self.control = SessionControl(planned.credits, config.max_credits, config.idle_timeout_seconds)
         self.admitted_at = time.perf_counter()
         self.generation: GenerationSession | None = None
         self._opening: Future[GenerationSession] | None = None
@@ -140,7 +175,7 @@ class ServedSession:
 
     async def open(self, bundle: object) -> None:
         """Build the device state on the device worker (raises what the pipeline, policy or hooks raise)."""
-        self._opening = self.workers.denoise.submit(GenerationSession, bundle, self.plan)
+        self._opening = self.workers.denoise.submit(GenerationSession, bundle, self.plan, owner=self.session_id)
         # Shielded: if the client goes away meanwhile, the session is still built, then freed by finish().
         self.generation = await asyncio.shield(asyncio.wrap_future(self._opening))
 
@@ -165,7 +200,10 @@ class ServedSession:
             if item is None:
                 break
             step, waited, rendering = item
-            rendered = await rendering
+            try:
+                rendered = await rendering
+            except Exception:
+                raise SessionFault(log_fault(log, f"session {self.session_id}: rendering failed")) from None
             self._observe(step, waited, rendered)
             yield pb.GenerateResponse(chunk=rendered.message)
             self.chunks_sent += 1
@@ -201,17 +239,24 @@ class ServedSession:
                 log.exception("session %s: freeing its device state failed", self.session_id)
             finally:
                 self.admission.release(self.reservation)
+                self.workers.denoise.forget(self.session_id)
                 if self.on_finished is not None:
                     self.on_finished()
 
-        # Render jobs of this session run before this one (FIFO); then the release is queued behind any
-        # device job of the session, so nothing is freed while a job still uses it.
-        self.workers.render.submit(self.workers.denoise.submit, release_after_device_jobs)
+        def after_render_jobs() -> None:
+            self.workers.render.forget(self.session_id)
+            self.workers.denoise.submit(release_after_device_jobs, owner=self.session_id)
+
+        # A worker runs one owner's jobs in order: the render jobs of this session run before this one, then
+        # the release is queued behind every device job of the session, so nothing is freed while in use.
+        self.workers.render.submit(after_render_jobs, owner=self.session_id)
 
     # ------------------------------------------------------------------ activities
-    async def _read(self, requests: AsyncIterator[pb.GenerateRequest]) -> None:
+    async def _read(self, requests: AsyncIterator[pb.GenerateRequest | Undecodable]) -> None:
         try:
             async for message in requests:
+                if isinstance(message, Undecodable):
+                    raise RequestError("request", message.describe())
                 kind = message.WhichOneof("request")
                 if kind == "change_prompt":
                     prompt = self.validator.prompt(message.change_prompt.prompt, "change_prompt.prompt")
@@ -225,21 +270,27 @@ class ServedSession:
                     raise RequestError("start", "the session has already started; send start only once")
                 else:
                     raise RequestError("request", "empty message: set one of change_prompt, grant_credits, stop")
-            self.control.stop()  # the client closed its side: it will send nothing more
+            self.control.close_requests()  # the client will send nothing more; granted chunks still go out
         except RequestError as error:
             self.control.fail(error)
+        except grpc.aio.AbortError:  # the call was ended by the handler; nothing is left to read
+            return
+        except Exception:  # whatever broke the stream, the session must not linger with its slot
+            what = f"session {self.session_id}: reading the client's messages failed"
+            self.control.fail(RequestError("request", log_fault(log, what)))
 
     async def _produce(self) -> None:
         assert self.generation is not None
         generation = self.generation
         try:
             while not self._at_end() and await self.control.take_credit():
-                step, waited = await self.workers.denoise.run_timed(generation.step)
-                rendering = asyncio.ensure_future(self.workers.render.run(self._render, step))
+                step, waited = await self.workers.denoise.run_timed(generation.step, owner=self.session_id)
+                rendering = asyncio.ensure_future(self.workers.render.run(self._render, step, owner=self.session_id))
                 await self._outputs.put((step, waited, rendering))
-        except Exception as error:  # the handler re-raises it; other sessions are untouched
-            log.exception("session %s: generation failed", self.session_id)
+        except SessionIdle as error:
             self.control.fail(error)
+        except Exception:  # the handler ends the call with it; other sessions are untouched
+            self.control.fail(SessionFault(log_fault(log, f"session {self.session_id}: generation failed")))
         finally:
             self._outputs.put_nowait(None)
 
@@ -303,13 +354,14 @@ class ServedSession:
         assert self.generation is not None
         if self.generation.runner.stream.done:
             return "completed"
-        if self.control.stopped:
+        if self.control.stopped or self.control.requests_closed:
             return "stopped"
         return "length_limit"
 
     def _end_message(self, reason: Ending) -> str:
         return {
             "completed": f"generated the {self.plan.chunks} requested chunks",
-            "stopped": "stopped by the client",
+            "stopped": "the client closed its requests; the chunks it had granted were delivered"
+            if self.control.requests_closed and not self.control.stopped else "stopped by the client",
             "length_limit": f"reached the server's limit of {self.planned.max_chunks} chunks per session",
         }[reason]

@@ -69,6 +69,10 @@ class FlowMoHook(SessionHook):
         self.records: dict[int, StepRecord] = {}  # by step: a regenerated first chunk overwrites its attempt's
 
     # ------------------------------------------------------------------ the hook
+    @property
+    def iterations(self) -> int:
+        return self.params["iterations"]
+
     def start(self, session: SessionInfo) -> None:
         if session.pipeline != "self_forcing":
             raise ValueError(f"FlowMo needs the self_forcing pipeline; got {session.pipeline!r}")

@@ -37,8 +37,8 @@ class TokenTrimPolicy(CachePolicy):
         Parameter("prune_ratio", float, 0.1, "p: fraction of a frame's tokens pruned on trigger, ceil(p N).",
                   minimum=0.0, maximum=1.0, exclusive_minimum=True, exclusive_maximum=True),
         Parameter("sensitivity", float, 2.0, "lambda: trigger when severity > mean + lambda * std.", minimum=0.0),
-        Parameter("warmup", int, 2, "Accepted severities needed before the first trigger (at least 1).",
-                  minimum=0),
+        Parameter("warmup", int, 2, "Accepted severities needed before the first trigger; 0 acts as 1 (the "
+                  "adaptive threshold needs one severity to exist).", minimum=0),
         Parameter("max_regenerations", int, 1, "Regenerations per chunk; the last one is accepted regardless.",
                   minimum=0, maximum=16),
         Parameter("candidate", str, "first_step", "first_step: judge the first denoising step's x0 (cheap "

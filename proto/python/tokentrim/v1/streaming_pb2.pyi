@@ -281,25 +281,29 @@ class GetServerInfoResponse(_message.Message):
     def __init__(self, model: _Optional[str] = ..., versions: _Optional[_Mapping[str, str]] = ..., pipelines: _Optional[_Iterable[_Union[PipelineInfo, _Mapping]]] = ..., default_pipeline: _Optional[str] = ..., cache_policies: _Optional[_Iterable[_Union[PluginInfo, _Mapping]]] = ..., default_cache_policy: _Optional[str] = ..., session_hooks: _Optional[_Iterable[_Union[PluginInfo, _Mapping]]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., frames_per_second: _Optional[float] = ..., default_height: _Optional[int] = ..., default_width: _Optional[int] = ...) -> None: ...
 
 class PipelineInfo(_message.Message):
-    __slots__ = ("name", "default_options")
+    __slots__ = ("name", "default_options", "options_schema")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DEFAULT_OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     name: str
     default_options: _struct_pb2.Struct
-    def __init__(self, name: _Optional[str] = ..., default_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
+    options_schema: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., default_options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ..., options_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class PluginInfo(_message.Message):
-    __slots__ = ("name", "description", "parameters")
+    __slots__ = ("name", "description", "parameters", "parameters_schema")
     NAME_FIELD_NUMBER: _ClassVar[int]
     DESCRIPTION_FIELD_NUMBER: _ClassVar[int]
     PARAMETERS_FIELD_NUMBER: _ClassVar[int]
+    PARAMETERS_SCHEMA_FIELD_NUMBER: _ClassVar[int]
     name: str
     description: str
     parameters: _struct_pb2.ListValue
-    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ...) -> None: ...
+    parameters_schema: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., parameters_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_sessions", "cache_budget_bytes", "max_prompt_chars", "max_chunks", "max_height", "max_width", "size_multiple", "default_credits", "max_credits", "max_session_hooks", "max_message_bytes")
+    __slots__ = ("max_sessions", "cache_budget_bytes", "max_prompt_chars", "max_chunks", "max_height", "max_width", "size_multiple", "default_credits", "max_credits", "max_session_hooks", "max_message_bytes", "max_denoising_steps", "max_hook_iterations", "idle_timeout_seconds")
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     CACHE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
@@ -311,6 +315,9 @@ class Limits(_message.Message):
     MAX_CREDITS_FIELD_NUMBER: _ClassVar[int]
     MAX_SESSION_HOOKS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    MAX_DENOISING_STEPS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HOOK_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
+    IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
     max_sessions: int
     cache_budget_bytes: int
     max_prompt_chars: int
@@ -322,4 +329,7 @@ class Limits(_message.Message):
     max_credits: int
     max_session_hooks: int
     max_message_bytes: int
-    def __init__(self, max_sessions: _Optional[int] = ..., cache_budget_bytes: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_chunks: _Optional[int] = ..., max_height: _Optional[int] = ..., max_width: _Optional[int] = ..., size_multiple: _Optional[int] = ..., default_credits: _Optional[int] = ..., max_credits: _Optional[int] = ..., max_session_hooks: _Optional[int] = ..., max_message_bytes: _Optional[int] = ...) -> None: ...
+    max_denoising_steps: int
+    max_hook_iterations: int
+    idle_timeout_seconds: float
+    def __init__(self, max_sessions: _Optional[int] = ..., cache_budget_bytes: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_chunks: _Optional[int] = ..., max_height: _Optional[int] = ..., max_width: _Optional[int] = ..., size_multiple: _Optional[int] = ..., default_credits: _Optional[int] = ..., max_credits: _Optional[int] = ..., max_session_hooks: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_denoising_steps: _Optional[int] = ..., max_hook_iterations: _Optional[int] = ..., idle_timeout_seconds: _Optional[float] = ...) -> None: ...

@@ -56,8 +56,13 @@ class StreamingServiceServicer:
         change the prompt, grant flow-control credits or stop the session. The server answers with
         `started`, then one `chunk` per generated chunk, then `ended` when the session finishes
         normally. Errors end the stream with a gRPC status: INVALID_ARGUMENT (a field is wrong; the
-        message names it), RESOURCE_EXHAUSTED (a server limit is reached; the message names it),
-        UNAVAILABLE (the server is draining), UNAUTHENTICATED (missing or wrong bearer token).
+        message names it; an undecodable message is field `request`), RESOURCE_EXHAUSTED (a server
+        limit is reached; the message names it), DEADLINE_EXCEEDED (no start message in time, or no
+        credit granted within the idle timeout), UNAVAILABLE (the server is draining),
+        UNAUTHENTICATED (missing or wrong bearer token), INTERNAL (a server fault: the message carries
+        an error id that the server's log records with the details, never the details themselves).
+        Closing the request side after `start` means "no more requests": the session delivers the
+        chunks already granted, then ends with `ended` (reason STOPPED).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
