@@ -40,7 +40,7 @@ $(STAMP): pyproject.toml proto/python/pyproject.toml clients/python/pyproject.to
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: an unpinned resolve would pull the CUDA build and gigabytes of packages.
 	$(PIP) install -q torch==2.13.0
-	# The generated API stubs and the client first: the server depends on the first, the tests on both.
+	# The generated API stubs and the client first: the server depends on both.
 	$(PIP) install -q -e proto/python -e clients/python
 	$(PIP) install -q -e '.[dev]'
 	for plugin in $(dir $(PLUGINS)); do $(PIP) install -q -e $$plugin || exit 1; done

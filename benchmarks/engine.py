@@ -29,14 +29,12 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 
 from tokentrim_server.cli.options import parse_option
-from tokentrim_server.engine import PolicyRunner, open_runner
-from tokentrim_server.engine.report import ChunkResult
+from tokentrim_server.engine.generation import ChunkStep, GenerationSession, SessionPlan
+from tokentrim_server.loading.model import ModelBundle
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.models.tiny import tiny_transformer_config, tiny_vae_config
-from tokentrim_server.models.vae import StreamingVaeDecoder
-from tokentrim_server.pipelines.base import PipelineBase
-from tokentrim_server.pipelines.noise import SeededNoise
-from tokentrim_server.pipelines.registry import PIPELINES, build_pipeline
+from tokentrim_server.pipelines.options import PipelineOptions
+from tokentrim_server.pipelines.registry import PIPELINES, pipeline_options
 from tokentrim_server.policies import create_policy
 
 # Wan 2.1 T2V 1.3B transformer (the config of Wan2.1-T2V-1.3B-Diffusers/transformer).
@@ -46,8 +44,7 @@ WAN_1_3B = {
     "cross_attn_norm": True, "qk_norm": "rms_norm_across_heads", "eps": 1e-6, "rope_max_seq_len": 1024,
 }
 SIZES = {"tiny": (tiny_transformer_config, tiny_vae_config, 16), "1.3b": (lambda: WAN_1_3B, dict, 512)}
-# Self Forcing's local window in the benchmark: the server's default (self_forcing_local_attn_frames).
-SELF_FORCING_WINDOW = 21
+BENCH_PROMPT = "a benchmark session"  # every benchmark session embeds the same (random) prompt
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -108,6 +105,23 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[Any, float]:
     return result, time.perf_counter() - start
 
 
+class FixedPromptEncoder:
+    """Random prompt embeddings whatever the prompt (the 5B-parameter UMT5 is not needed for speed)."""
+
+    def __init__(self, embeddings: torch.Tensor) -> None:
+        self.embeddings = embeddings
+
+    def encode(self, prompt: str) -> torch.Tensor:
+        return self.embeddings
+
+
+def build_bundle(args: argparse.Namespace) -> ModelBundle:
+    """The model for ``--size``/``--device``/``--dtype``: transformer and VAE with seeded random weights, and a
+    fixed random prompt embedding in place of the text encoder."""
+    model, vae, prompt = build_components(args)
+    return ModelBundle(f"wan2.1-t2v-{args.size}-random", model, vae, FixedPromptEncoder(prompt))  # type: ignore[arg-type]
+
+
 def build_components(args: argparse.Namespace) -> tuple[CausalWanTransformer, AutoencoderKLWan, torch.Tensor]:
     """The transformer, the VAE (seeded random weights) and a random prompt for ``--size``/``--device``/``--dtype``."""
     device = torch.device(args.device)
@@ -124,21 +138,17 @@ def build_components(args: argparse.Namespace) -> tuple[CausalWanTransformer, Au
     return model, vae, prompt
 
 
-def build_pipelines(model: CausalWanTransformer, names: Sequence[str] | None) -> list[PipelineBase]:
-    """The benchmarked pipelines; Self Forcing streams with the server's default local window."""
-    pipelines = []
-    for name in names or sorted(PIPELINES):
-        overrides = {"local_attn_frames": SELF_FORCING_WINDOW} if name == "self_forcing" else {}
-        pipelines.append(build_pipeline(name, model, overrides))
-    return pipelines
+def serving_options(names: Sequence[str] | None) -> dict[str, PipelineOptions]:
+    """The benchmarked pipelines' options: what a server's session gets (e.g. Self Forcing's local window)."""
+    return {name: pipeline_options(name, PIPELINES[name].serving_defaults) for name in names or sorted(PIPELINES)}
 
 
 @dataclass
 class BenchSession:
-    """One session: its policy runner, decoder and what its chunks cost."""
+    """One session (the engine's device session) and what its chunks cost."""
 
-    runner: PolicyRunner
-    decoder: StreamingVaeDecoder | None
+    session: GenerationSession
+    decode: bool
     opened: float
     first_frame_seconds: float | None = None
     chunks: int = 0
@@ -148,14 +158,14 @@ class BenchSession:
     decode_times: list[float] = field(default_factory=list)
     reports: list[Any] = field(default_factory=list)
 
-    def step(self, device: torch.device, record: bool) -> tuple[ChunkResult, torch.Tensor | None]:
+    def step(self, device: torch.device, record: bool) -> tuple[ChunkStep, Any]:
         """Denoise (under the policy) and decode the next chunk; ``record`` adds its timings to the session's."""
-        result, denoise = timed(self.runner.next_chunk, device)
-        latents = result.chunk.latents
-        if self.decoder is None:
-            decoded, decode = None, 0.0
+        step, denoise = timed(self.session.step, device)
+        latents = step.result.chunk.latents
+        if self.decode:
+            decoded, decode = timed(lambda: self.session.decode(step), device)
         else:
-            decoded, decode = timed(lambda: self.decoder.decode_chunk(latents), device)
+            decoded, decode = None, 0.0
         if self.first_frame_seconds is None:
             self.first_frame_seconds = time.perf_counter() - self.opened
         self.chunks += 1
@@ -163,28 +173,24 @@ class BenchSession:
             self.latencies.append(denoise + decode)
             self.denoise_times.append(denoise)
             self.decode_times.append(decode)
-            self.reports.append(result.report)
-            self.frames += 4 * latents.shape[1] if decoded is None else decoded.shape[1]
-        return result, decoded
+            self.reports.append(step.result.report)
+            self.frames += 4 * latents.shape[1] if decoded is None else decoded.shape[0]
+        return step, decoded
 
     def close(self) -> None:
-        self.runner.close()
+        self.session.close()
 
 
 def open_session(
-    pipeline: PipelineBase,
-    prompt: torch.Tensor,
-    latent_shape: tuple[int, int, int],
-    vae: AutoencoderKLWan | None,
-    args: argparse.Namespace,
-    seed: int,
+    bundle: ModelBundle, pipeline: str, options: PipelineOptions, args: argparse.Namespace, seed: int, decode: bool
 ) -> BenchSession:
-    """A fresh session (prompt K/V, cache, policy instance, decoder) with noise seed ``seed``."""
+    """A fresh, unbounded session (prompt K/V, cache, policy instance, decoder) with noise seed ``seed``."""
     opened = time.perf_counter()
-    stream = pipeline.open(prompt, latent_shape, SeededNoise(seed), num_blocks=None)
-    policy = create_policy(args.policy, dict(args.policy_param))
-    decoder = None if vae is None else StreamingVaeDecoder(vae)
-    return BenchSession(open_runner(stream, policy, seed), decoder, opened)
+    plan = SessionPlan(
+        prompt=BENCH_PROMPT, seed=seed, pipeline=pipeline, options=options, chunks=None, height=args.height,
+        width=args.width, policy=create_policy(args.policy, dict(args.policy_param)), decode=decode,
+    )
+    return BenchSession(GenerationSession(bundle, plan), plan.decode, opened)
 
 
 def peak_memory(device: torch.device) -> tuple[int, str]:
@@ -201,30 +207,26 @@ def percentile(values: Sequence[float], fraction: float) -> float:
 
 
 def bench_pipeline(
-    pipeline: PipelineBase,
-    prompt: torch.Tensor,
-    vae: AutoencoderKLWan | None,
-    args: argparse.Namespace,
+    bundle: ModelBundle, pipeline: str, options: PipelineOptions, args: argparse.Namespace
 ) -> dict[str, Any]:
-    model = pipeline.model
-    device = model.device
-    latent_shape = (model.config.in_channels, args.height // 8, args.width // 8)
+    device = bundle.transformer.device
     cold_first_frame = None
     if args.warmup:
-        warm = open_session(pipeline, prompt, latent_shape, vae, args, seed=0)
+        warm = open_session(bundle, pipeline, options, args, 0, not args.no_decode)
         for _ in range(args.warmup):
             warm.step(device, record=False)
         cold_first_frame = warm.first_frame_seconds
         warm.close()
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sessions = [open_session(pipeline, prompt, latent_shape, vae, args, seed) for seed in range(args.sessions)]
+    decode = not args.no_decode
+    sessions = [open_session(bundle, pipeline, options, args, seed, decode) for seed in range(args.sessions)]
     for number, session in enumerate(sessions):
-        print(f"[{pipeline.name}] first chunk of session {number}", file=sys.stderr, flush=True)
+        print(f"[{pipeline}] first chunk of session {number}", file=sys.stderr, flush=True)
         session.step(device, record=False)
     started = time.perf_counter()
     for index in range(args.chunks):
-        print(f"[{pipeline.name}] chunk {index + 1}/{args.chunks} x {args.sessions} session(s)", file=sys.stderr,
+        print(f"[{pipeline}] chunk {index + 1}/{args.chunks} x {args.sessions} session(s)", file=sys.stderr,
               flush=True)
         for session in sessions:
             session.step(device, record=True)
@@ -232,11 +234,12 @@ def bench_pipeline(
     memory, memory_kind = peak_memory(device)
     for session in sessions:
         session.close()
-    return summarize(pipeline, args, sessions, wall, cold_first_frame, memory, memory_kind)
+    return summarize(bundle.transformer, pipeline, args, sessions, wall, cold_first_frame, memory, memory_kind)
 
 
 def summarize(
-    pipeline: PipelineBase,
+    model: CausalWanTransformer,
+    pipeline: str,
     args: argparse.Namespace,
     sessions: list[BenchSession],
     wall: float,
@@ -245,14 +248,13 @@ def summarize(
     memory_kind: str,
 ) -> dict[str, Any]:
     """The JSON record of one pipeline (the keys of earlier versions keep their meaning)."""
-    model = pipeline.model
     latencies = [x for s in sessions for x in s.latencies]
     timed_chunks = len(latencies)
     frames = sum(s.frames for s in sessions)
     reports = [r for s in sessions for r in s.reports]
     first_frames = [s.first_frame_seconds for s in sessions]
     return {
-        "pipeline": pipeline.name, "size": args.size, "device": str(model.device),
+        "pipeline": pipeline, "size": args.size, "device": str(model.device),
         "dtype": str(model.dtype).removeprefix("torch."), "attention_backend": model.attention_backend,
         "compile": model.compiled, "policy": args.policy, "policy_params": dict(args.policy_param),
         "height": args.height, "width": args.width, "sessions": len(sessions), "chunks": args.chunks,
@@ -277,9 +279,8 @@ def summarize(
 
 def run(args: argparse.Namespace) -> list[dict[str, Any]]:
     check_arguments(args)
-    model, vae, prompt = build_components(args)
-    decoder_vae = None if args.no_decode else vae
-    return [bench_pipeline(pipeline, prompt, decoder_vae, args) for pipeline in build_pipelines(model, args.pipeline)]
+    bundle = build_bundle(args)
+    return [bench_pipeline(bundle, name, options, args) for name, options in serving_options(args.pipeline).items()]
 
 
 def main(argv: list[str] | None = None) -> int:

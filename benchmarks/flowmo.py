@@ -24,13 +24,12 @@ import time
 from pathlib import Path
 
 import torch
-from engine import SIZES, _timed, build_components
+from engine import BENCH_PROMPT, SIZES, build_bundle, timed
 
-from tokentrim_server.engine import open_runner
+from tokentrim_server.engine.generation import GenerationSession, SessionPlan
 from tokentrim_server.hooks import create_hook
-from tokentrim_server.models.vae import StreamingVaeDecoder
-from tokentrim_server.pipelines.noise import SeededNoise
-from tokentrim_server.pipelines.registry import build_pipeline
+from tokentrim_server.loading.model import ModelBundle
+from tokentrim_server.pipelines.registry import pipeline_options
 from tokentrim_server.policies import create_policy
 
 MODES = ("plain", "flowmo")
@@ -45,6 +44,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=["float32", "bfloat16"], default=None)
     parser.add_argument("--attention-backend", default="auto")
+    parser.add_argument("--compile", action="store_true", help="torch.compile the transformer blocks")
     parser.add_argument("--threads", type=int, default=None, help="CPU threads for torch (1 steadies a busy machine)")
     parser.add_argument("--repeats", type=int, default=7, help="timed sessions per process (after one warm-up)")
     parser.add_argument("--rounds", type=int, default=3, help="processes per mode, alternating with the other mode")
@@ -62,28 +62,29 @@ def _hook_params(pairs: list[str]) -> dict:
     return params
 
 
-def _session(args: argparse.Namespace, model, vae, prompt, flowmo: bool) -> dict:
+def _session(args: argparse.Namespace, bundle: ModelBundle, flowmo: bool) -> dict:
     """One session up to its first decoded frame."""
     device = torch.device(args.device)
-    hooks = [create_hook("flowmo", _hook_params(args.hook_param))] if flowmo else []
-    latent_shape = (16, args.height // 8, args.width // 8)
+    hooks = (create_hook("flowmo", _hook_params(args.hook_param)),) if flowmo else ()
+    plan = SessionPlan(
+        prompt=BENCH_PROMPT, seed=0, pipeline="self_forcing", options=pipeline_options("self_forcing"), chunks=1,
+        height=args.height, width=args.width, policy=create_policy("none"), hooks=hooks,
+    )
 
     def first_chunk():
-        stream = build_pipeline("self_forcing", model).open(prompt, latent_shape, SeededNoise(0), num_blocks=1)
-        runner = open_runner(stream, create_policy("none"), hooks=hooks)
-        result = next(runner)
-        runner.close()
-        return result
+        session = GenerationSession(bundle, plan)
+        return session, session.step()
 
-    result, denoise_seconds = _timed(first_chunk, device)
-    frames, decode_seconds = _timed(lambda: StreamingVaeDecoder(vae).decode_chunk(result.chunk.latents), device)
-    report = result.report
+    (session, step), denoise_seconds = timed(first_chunk, device)
+    frames, decode_seconds = timed(lambda: session.decode(step), device)
+    session.close()
+    report = step.result.report
     figures = {
         "time_to_first_frame_seconds": denoise_seconds + decode_seconds,
         "open_and_first_chunk_seconds": denoise_seconds,
         "first_chunk_seconds": report.chunk_seconds,
         "decode_seconds": decode_seconds,
-        "frames": frames.shape[1],
+        "frames": frames.shape[0],
     }
     for hook in report.hooks:
         figures |= {"hook_seconds": hook.seconds, **hook.values}
@@ -93,13 +94,14 @@ def _session(args: argparse.Namespace, model, vae, prompt, flowmo: bool) -> dict
 def run_mode(args: argparse.Namespace) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
-    model, vae, prompt = build_components(args)
+    bundle = build_bundle(args)
+    model = bundle.transformer
     device = torch.device(args.device)
     flowmo = args.mode == "flowmo"
-    _session(args, model, vae, prompt, flowmo)  # warm-up: kernels, allocator, caches
+    _session(args, bundle, flowmo)  # warm-up: kernels, allocator, caches
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
-    sessions = [_session(args, model, vae, prompt, flowmo) for _ in range(args.repeats)]
+    sessions = [_session(args, bundle, flowmo) for _ in range(args.repeats)]
     median = {key: statistics.median(s[key] for s in sessions) for key in sessions[0]}
     return {
         "mode": args.mode, "size": args.size, "device": str(device), "dtype": str(model.dtype).removeprefix("torch."),

@@ -24,14 +24,11 @@ import statistics
 from dataclasses import replace
 
 import torch
-from diffusers import WanTransformer3DModel
 
-from tokentrim_server.engine import open_runner
+from tokentrim_server.engine.generation import GenerationSession, SessionPlan
 from tokentrim_server.engine.report import ChunkReport
-from tokentrim_server.models.causal_wan import CausalWanTransformer
-from tokentrim_server.models.tiny import TINY_TEXT_DIM, TINY_TEXT_LEN, tiny_transformer_config
-from tokentrim_server.pipelines.noise import SeededNoise
-from tokentrim_server.pipelines.self_forcing import SelfForcingOptions, SelfForcingPipeline
+from tokentrim_server.loading.model import ModelBundle, ModelSpec, load_model
+from tokentrim_server.pipelines.registry import pipeline_options
 from tokentrim_server.policies import CachePolicy, Decision, create_policy, load_policy
 
 
@@ -60,42 +57,43 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def session(pipeline: SelfForcingPipeline, prompt: torch.Tensor, shape, args, policy: CachePolicy):
-    """Run one session; returns (seconds, reports)."""
-    device = pipeline.model.device
-    runner = open_runner(pipeline.open(prompt, shape, SeededNoise(args.seed), args.blocks), policy)
+def session(bundle: ModelBundle, args, policy: CachePolicy):
+    """Run one session (denoising only: the decoder is not the policy's cost); returns (seconds, reports)."""
+    device = bundle.transformer.device
+    options = pipeline_options(
+        "self_forcing", {"local_attn_frames": args.local_attn_frames, "sink_frames": args.sink_frames}
+    )
+    plan = SessionPlan(
+        prompt="a red ball", seed=args.seed, pipeline="self_forcing", options=options, chunks=args.blocks,
+        height=args.height, width=args.width, policy=policy, decode=False,
+    )
+    generation = GenerationSession(bundle, plan)
     reports: list[ChunkReport] = []
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    for result in runner:
+    for _ in range(args.blocks):
+        reports.append(generation.step().result.report)
         if device.type == "cuda":
             torch.cuda.synchronize(device)
-        reports.append(result.report)
-    runner.close()
+    generation.close()
     return sum(r.chunk_seconds for r in reports), reports
 
 
 def run(args: argparse.Namespace) -> dict:
     device = torch.device(args.device)
-    torch.manual_seed(args.seed)
-    with torch.device(device):
-        base = WanTransformer3DModel.from_config(tiny_transformer_config()).eval()
-    model = CausalWanTransformer(base, TINY_TEXT_LEN)
-    options = SelfForcingOptions(local_attn_frames=args.local_attn_frames, sink_frames=args.sink_frames)
-    pipeline = SelfForcingPipeline(model, options)
-    prompt = torch.randn(1, TINY_TEXT_LEN, TINY_TEXT_DIM, generator=torch.Generator().manual_seed(args.seed))
-    shape = (16, args.height // 8, args.width // 8)
+    bundle = load_model(ModelSpec(model="tiny", device=str(device), seed=args.seed))
+    shape = bundle.latent_shape(args.height, args.width)
     variants = {
         "none": lambda: create_policy("none"),
         "tokentrim": lambda: create_policy("tokentrim"),
         "forced": lambda: forced("tokentrim")(),
     }
-    session(pipeline, prompt.to(device), shape, args, create_policy("none"))  # warm-up
+    session(bundle, args, create_policy("none"))  # warm-up
     times: dict[str, list[float]] = {name: [] for name in variants}
     reports: dict[str, list[ChunkReport]] = {}
     for _ in range(args.repeats):
         for name, make in variants.items():
-            seconds, reports[name] = session(pipeline, prompt.to(device), shape, args, make())
+            seconds, reports[name] = session(bundle, args, make())
             times[name].append(seconds)
     median = {name: statistics.median(values) for name, values in times.items()}
     natural = reports["tokentrim"]

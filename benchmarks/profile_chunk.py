@@ -36,11 +36,11 @@ import torch
 from engine import (
     BenchSession,
     add_component_arguments,
-    build_components,
-    build_pipelines,
+    build_bundle,
     check_arguments,
     open_session,
     peak_memory,
+    serving_options,
     timed,
 )
 from torch.profiler import ProfilerActivity, profile, record_function
@@ -79,10 +79,13 @@ def build_parser() -> argparse.ArgumentParser:
 def run_chunk(session: BenchSession, device: torch.device, quality: int) -> tuple[dict[str, float], Any]:
     """One chunk through every stage; returns the stage wall times and the chunk's policy report."""
     times: dict[str, float] = {}
+    # The device session's stages one by one (GenerationSession.step and decode, split where they can be).
+    runner, decoder = session.session.runner, session.session.decoder
+    assert decoder is not None
     with record_function("tt::denoise"):
-        result, times["denoise"] = timed(session.runner.next_chunk, device)
+        result, times["denoise"] = timed(runner.next_chunk, device)
     with record_function("tt::vae_decode"):
-        frames, times["vae_decode"] = timed(lambda: session.decoder.decode_chunk(result.chunk.latents), device)
+        frames, times["vae_decode"] = timed(lambda: decoder.decode_chunk(result.chunk.latents), device)
     with record_function("tt::to_host"):
         pixels, times["to_host"] = timed(lambda: frames_to_uint8(frames)[0].cpu().numpy(), device)
     with record_function("tt::encode"):
@@ -167,23 +170,27 @@ def breakdown(stages: dict[str, float], work: dict[str, float], policy: float) -
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     check_arguments(args)
-    model, vae, prompt = build_components(args)
+    bundle = build_bundle(args)
+    model = bundle.transformer
     device = model.device
     on_cuda = device.type == "cuda"
-    (pipeline,) = build_pipelines(model, [args.pipeline])
-    latent_shape = (model.config.in_channels, args.height // 8, args.width // 8)
+    options = serving_options([args.pipeline])[args.pipeline]
+
+    def fresh_session() -> BenchSession:
+        return open_session(bundle, args.pipeline, options, args, 0, decode=True)
+
     if args.warmup:
         print(f"warm-up: {args.warmup} chunk(s)", file=sys.stderr, flush=True)
-        warm = open_session(pipeline, prompt, latent_shape, vae, args, seed=0)
+        warm = fresh_session()
         for _ in range(args.warmup):
             run_chunk(warm, device, args.jpeg_quality)
         warm.close()
     print("unprofiled session", file=sys.stderr, flush=True)
-    stages, _ = measure(open_session(pipeline, prompt, latent_shape, vae, args, seed=0), device, args)
+    stages, _ = measure(fresh_session(), device, args)
     print("profiled session", file=sys.stderr, flush=True)
     activities = [ProfilerActivity.CPU, *([ProfilerActivity.CUDA] if on_cuda else [])]
     prof = profile(activities=activities)
-    session = open_session(pipeline, prompt, latent_shape, vae, args, seed=0)
+    session = fresh_session()
     profiled_stages, reports = measure(session, device, args, prof)
     if args.trace:
         prof.export_chrome_trace(args.trace)

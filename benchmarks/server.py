@@ -23,7 +23,7 @@ import threading
 import time
 
 import torch
-from engine import SIZES, build_components
+from engine import SIZES, build_bundle
 from tokentrim.v1 import streaming_pb2 as pb
 from tokentrim_client import Client
 
@@ -35,16 +35,6 @@ from tokentrim_server.server.encoding import jpeg_frames
 from tokentrim_server.server.requests import RequestValidator
 
 PROMPT = "a red car drives along the beach at sunset"
-
-
-class FixedPromptEncoder:
-    """Random prompt embeddings for the full-size benchmark (the 5B-parameter UMT5 is not needed for speed)."""
-
-    def __init__(self, embeddings: torch.Tensor) -> None:
-        self.embeddings = embeddings
-
-    def encode(self, prompt: str) -> torch.Tensor:
-        return self.embeddings
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -70,8 +60,7 @@ def load_bundle(args: argparse.Namespace) -> ModelBundle:
         dtype = args.dtype or ("float32" if args.device == "cpu" else "bfloat16")
         return load_model(ModelSpec(model="tiny", device=args.device, dtype=dtype,
                                     attention_backend=args.attention_backend, compile=args.compile))
-    model, vae, prompt = build_components(args)
-    return ModelBundle(f"wan2.1-t2v-{args.size}-random", model, vae, FixedPromptEncoder(prompt))  # type: ignore[arg-type]
+    return build_bundle(args)
 
 
 def server_flags(args: argparse.Namespace, sessions: int) -> list[str]:

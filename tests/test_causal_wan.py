@@ -6,12 +6,12 @@ import pytest
 import torch
 from conftest import REFERENCE_ROOT
 from diffusers import WanTransformer3DModel
+from reference_case import load_case
 from safetensors.torch import save_file
 
 from tokentrim_server.cache.contexts import BlockCausalContext
 from tokentrim_server.cache.kv_cache import KVCache
 from tokentrim_server.loading.checkpoints import CheckpointError, load_weights, normalize_keys, read_state_dict
-from tokentrim_server.loading.reference_case import load_case
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.models.tiny import tiny_transformer_config
 

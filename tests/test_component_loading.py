@@ -11,13 +11,9 @@ import torch
 from torch import nn
 
 from tokentrim_server.loading.components import load_text_encoder, load_vae
+from tokentrim_server.loading.model_folder import save_tiny_model_folder
 from tokentrim_server.loading.wan_t5 import umt5_xxl_config, wan_t5_key_map
-from tokentrim_server.models.tiny import (
-    TinyComponents,
-    build_tiny_components,
-    save_tiny_model_folder,
-    tiny_vae_config,
-)
+from tokentrim_server.models.tiny import TinyComponents, build_tiny_components, tiny_vae_config
 
 PROMPT = "a white horse runs on the beach at sunset"
 

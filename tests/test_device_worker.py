@@ -73,18 +73,24 @@ def test_equal_sessions_take_turns():
     assert order == ["a", "b", "c"] * 4
 
 
-def test_an_idle_owner_cannot_bank_its_share():
-    clock = FakeClock()
-    worker = DeviceWorker("test-worker", clock=clock)
-    order: list[str] = []
+def recorder(order: list[str], clock: FakeClock) -> Callable[[str, float], Callable[[], None]]:
+    """``job(name, cost)``: a job that records ``name`` in ``order`` and advances ``clock`` by ``cost``."""
 
-    def job(owner: str, cost: float) -> Callable[[], None]:
+    def job(name: str, cost: float) -> Callable[[], None]:
         def run() -> None:
-            order.append(owner)
+            order.append(name)
             clock.now += cost
 
         return run
 
+    return job
+
+
+def test_an_idle_owner_cannot_bank_its_share():
+    clock = FakeClock()
+    worker = DeviceWorker("test-worker", clock=clock)
+    order: list[str] = []
+    job = recorder(order, clock)
     # "busy" runs 20 units alone; "late" arrives after and must not then get 20 units in a row.
     for _ in range(20):
         worker.submit(job("busy", 1.0), owner="busy").result()
@@ -120,3 +126,22 @@ def test_one_owners_jobs_run_in_order_and_errors_reach_the_caller():
     worker.shutdown()
     with pytest.raises(RuntimeError, match="shut down"):
         worker.submit(seen.append, 0)
+
+
+def test_clean_up_jobs_do_not_wait_for_the_fair_share():
+    # "spent" has used far more device time than "busy"; its clean-up must still run before busy's next jobs,
+    # so a finished session frees its slot and memory at once.
+    clock = FakeClock()
+    worker = DeviceWorker("test-worker", clock=clock)
+    order: list[str] = []
+    job = recorder(order, clock)
+    worker.submit(job("spent", 100.0), owner="spent").result()
+    gate = threading.Event()
+    worker.submit(gate.wait, owner="gate")
+    busy = [worker.submit(job("busy", 1.0), owner="busy") for _ in range(3)]
+    release = worker.submit(job("release", 0.0), owner="spent", urgent=True)
+    gate.set()
+    for future in [*busy, release]:
+        future.result()
+    worker.shutdown()
+    assert order == ["spent", "busy", "release", "busy", "busy"]  # without urgent: release last

@@ -9,7 +9,7 @@ import torch
 from tokentrim_server.cli.generate import main as generate
 from tokentrim_server.loading.checkpoints import CheckpointError
 from tokentrim_server.loading.model import ModelSpec, load_model
-from tokentrim_server.models.tiny import save_tiny_model_folder
+from tokentrim_server.loading.model_folder import save_tiny_model_folder
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.registry import build_pipeline
 

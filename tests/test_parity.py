@@ -4,8 +4,7 @@ from __future__ import annotations
 
 import pytest
 from conftest import parity_params
-
-from tokentrim_server.loading.reference_case import load_case
+from reference_case import load_case
 
 
 @pytest.mark.parametrize("folder", parity_params())

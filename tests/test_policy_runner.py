@@ -11,9 +11,9 @@ from policy_support import (
     self_forcing_stream,
     tiny_model,
 )
+from reference_case import load_case
 
 from tokentrim_server.engine import open_runner
-from tokentrim_server.loading.reference_case import load_case
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.policies import create_policy, latent_summary

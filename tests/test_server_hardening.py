@@ -25,7 +25,9 @@ from tokentrim_server.server.config import load_config
 GENERATE = "/tokentrim.v1.StreamingService/Generate"
 SERVER_INFO = "/tokentrim.v1.StreamingService/GetServerInfo"
 # change_prompt.prompt with bytes that are not UTF-8: protobuf refuses to parse the message.
-BAD_UTF8 = pb.GenerateRequest(change_prompt=pb.ChangePrompt(prompt="ab")).SerializeToString().replace(b"ab", b"\xff\xfe")
+BAD_UTF8 = pb.GenerateRequest(change_prompt=pb.ChangePrompt(prompt="ab")).SerializeToString().replace(
+    b"ab", b"\xff\xfe"
+)
 ERROR_ID = re.compile(r"error id ([0-9a-f]{12})")
 
 
@@ -184,7 +186,8 @@ def test_compute_limits_are_published_and_enforced(server):
     steps = struct(denoising_steps=[1000, 900, 800, 700, 600, 500, 400])
     error = rpc_error(RawSession(server.stub, start(pipeline_options=steps)).next)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT
-    assert error.details().startswith("pipeline_options: denoising_steps has 7 steps") and "at most 6" in error.details()
+    assert error.details().startswith("pipeline_options: denoising_steps has 7 steps")
+    assert "at most 6" in error.details()
     hook = pb.PluginConfig(name="flowmo", params=struct(iterations=3))
     error = rpc_error(RawSession(server.stub, start(session_hooks=[hook])).next)
     assert error.code() == grpc.StatusCode.INVALID_ARGUMENT

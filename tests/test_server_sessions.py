@@ -92,11 +92,11 @@ def test_server_never_runs_ahead_of_the_granted_credit(server):
     assert first.index == 0
     time.sleep(1.0)  # long enough for several tiny chunks, were the server not waiting for credit
     (running,) = server.service.sessions
-    assert running.generation.runner.stream.emitted == 1
+    assert running.driver.generation.runner.stream.emitted == 1
     session.grant(2)
     assert [session.next().chunk.index for _ in range(2)] == [1, 2]
     time.sleep(0.5)
-    assert running.generation.runner.stream.emitted == 3
+    assert running.driver.generation.runner.stream.emitted == 3
     session.send(stop=pb.StopSession())
     assert session.next().ended.reason == pb.END_REASON_STOPPED
     server.wait_idle()

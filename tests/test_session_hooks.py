@@ -8,7 +8,7 @@ import pytest
 import torch
 from policy_support import installed_distribution, rolling_stream, self_forcing_stream, tiny_model
 
-from tokentrim_server.engine import HookedSelfForcing, open_runner
+from tokentrim_server.engine import open_runner
 from tokentrim_server.hooks import (
     ENTRY_POINT_GROUP,
     DenoisingStep,
@@ -113,7 +113,7 @@ def test_the_differentiable_call_reads_the_cache_and_writes_nothing(model) -> No
     snapshot = [(k.clone(), v.clone()) for k, v in (cache.keys_values(layer) for layer in range(cache.num_layers))]
     length, pending = cache.length, cache._pending
 
-    predict = HookedSelfForcing(stream, [], []).predictor(timestep)
+    predict = stream.predictor(timestep)
     latent = noisy.clone().requires_grad_(True)
     differentiable = predict(latent)
     torch.testing.assert_close(differentiable, flow, rtol=0, atol=1e-5)
@@ -138,7 +138,7 @@ def test_a_differentiable_call_refuses_trainable_parameters() -> None:
     stream = self_forcing_stream(model, 1)
     model.base.proj_out.weight.requires_grad_(True)
     with pytest.raises(RuntimeError, match="frozen model parameters"):
-        HookedSelfForcing(stream, [], []).predictor(1000.0)(stream.initial_noise(0))
+        stream.predictor(1000.0)(stream.initial_noise(0))
 
 
 def test_runner_refusals(model) -> None:

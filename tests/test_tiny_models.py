@@ -15,12 +15,8 @@ from diffusers import (
 )
 from transformers import AutoTokenizer, UMT5EncoderModel
 
-from tokentrim_server.models.tiny import (
-    TinyComponents,
-    build_tiny_components,
-    save_tiny_model_folder,
-    tiny_transformer_config,
-)
+from tokentrim_server.loading.model_folder import save_tiny_model_folder
+from tokentrim_server.models.tiny import TinyComponents, build_tiny_components, tiny_transformer_config
 
 COMPONENTS = ("scheduler", "text_encoder", "tokenizer", "transformer", "vae")
 

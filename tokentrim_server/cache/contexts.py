@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+from typing import Protocol
+
 import torch
 
 from tokentrim_server.cache.kv_cache import KVCache
 from tokentrim_server.models.rope import apply_rotary
 
 Tables = tuple[torch.Tensor, torch.Tensor]
+
+
+class PendingWrites(Protocol):
+    """What a block-causal call needs of a cache: a :class:`KVCache`, or a read-only ``ScratchView`` of one."""
+
+    def write_pending(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+    def keys_values(self, layer: int, start: int = 0) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
 class BlockCausalContext:
@@ -17,7 +27,7 @@ class BlockCausalContext:
     the same keys; the final call on the clean chunk leaves its K/V pending for the pipeline to commit.
     """
 
-    def __init__(self, cache: KVCache, rope: Tables) -> None:
+    def __init__(self, cache: PendingWrites, rope: Tables) -> None:
         self.cache = cache
         self.rope = rope
 

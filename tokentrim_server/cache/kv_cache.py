@@ -12,6 +12,11 @@ nothing is ever zeroed in place.
 
 Sink frames are the first ``sink_frames`` latent frames of the stream. They are never evicted and never
 lose tokens.
+
+A session's cache is created with the most frames its pipeline's rules let it hold (``capacity_frames``, the
+bound admission control reserved): its buffers are allocated at that size on the first write, once, and a
+write beyond it is a bug in the pipeline, reported as such. Without a capacity (direct use, tests) the buffers
+grow geometrically.
 """
 
 from __future__ import annotations
@@ -34,12 +39,17 @@ class CacheStats:
 class KVCache:
     """K/V of committed frames for every transformer layer of one session."""
 
-    def __init__(self, num_layers: int, tokens_per_frame: int, sink_frames: int = 0) -> None:
+    def __init__(
+        self, num_layers: int, tokens_per_frame: int, sink_frames: int = 0, capacity_frames: int | None = None
+    ) -> None:
         if sink_frames < 0:
             raise ValueError(f"sink_frames must be >= 0; got {sink_frames}")
+        if capacity_frames is not None and capacity_frames <= 0:
+            raise ValueError(f"capacity_frames must be > 0; got {capacity_frames}")
         self.num_layers = num_layers
         self.tokens_per_frame = tokens_per_frame
         self.sink_frames = sink_frames
+        self.capacity_tokens = None if capacity_frames is None else capacity_frames * tokens_per_frame
         self._k: list[torch.Tensor] = []
         self._v: list[torch.Tensor] = []
         self._token_frame = torch.empty(0, dtype=torch.long)
@@ -169,8 +179,14 @@ class KVCache:
         capacity = self._token_frame.numel()
         if needed <= capacity and self._k:
             return
-        # Grow geometrically so an unbounded global stream reallocates O(log n) times.
-        new_capacity = max(needed, 2 * capacity)
+        if self.capacity_tokens is not None:
+            if needed > self.capacity_tokens:
+                raise RuntimeError(
+                    f"the cache holds at most {self.capacity_tokens} tokens (its reservation); a write needs {needed}"
+                )
+            new_capacity = self.capacity_tokens
+        else:  # grow geometrically, so an unbounded stream reallocates O(log n) times
+            new_capacity = max(needed, 2 * capacity)
         shape = (like.shape[0], new_capacity, *like.shape[2:])
         for buffers in (self._k, self._v):
             for layer in range(self.num_layers):

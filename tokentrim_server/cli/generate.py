@@ -10,12 +10,10 @@ from pathlib import Path
 from typing import Any
 
 from tokentrim_server.cli.options import add_model_arguments, model_spec, parse_option
-from tokentrim_server.engine import open_runner
+from tokentrim_server.engine.generation import GenerationSession, SessionPlan
 from tokentrim_server.hooks import create_hook
 from tokentrim_server.loading.model import load_model
-from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
-from tokentrim_server.pipelines.noise import SeededNoise
-from tokentrim_server.pipelines.registry import PIPELINES, build_pipeline
+from tokentrim_server.pipelines.registry import PIPELINES, pipeline_options
 from tokentrim_server.policies import create_policy
 from tokentrim_server.video import Mp4Writer
 
@@ -57,31 +55,30 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit("--chunks must be > 0")
     bundle = load_model(model_spec(args))
     height, width = args.height or bundle.default_size[0], args.width or bundle.default_size[1]
-    latent_shape = bundle.latent_shape(height, width)
-    pipeline = build_pipeline(args.pipeline, bundle.transformer, dict(args.option))
-    prompt = bundle.prompt_encoder.encode(args.prompt).to(bundle.transformer.device)
-    stream = pipeline.open(prompt, latent_shape, SeededNoise(args.seed), num_blocks=args.chunks)
-    hooks = [create_hook(name, params) for name, params in args.hook]
-    runner = open_runner(stream, create_policy("none"), hooks=hooks)
-    decoder = StreamingVaeDecoder(bundle.vae)
+    options = pipeline_options(args.pipeline, dict(args.option))
+    hooks = tuple(create_hook(name, params) for name, params in args.hook)
+    plan = SessionPlan(
+        prompt=args.prompt, seed=args.seed, pipeline=args.pipeline, options=options, chunks=args.chunks,
+        height=height, width=width, policy=create_policy("none"), hooks=hooks,
+    )
+    session = GenerationSession(bundle, plan)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     frames_total = 0
     with Mp4Writer(args.out, fps=args.fps) as writer:
-        for result in runner:
-            chunk = result.chunk
-            for hook in result.report.hooks:
+        for index in range(args.chunks):
+            step = session.step()
+            for hook in step.result.report.hooks:
                 print(f"hook {hook.name}: {hook.seconds:.2f} s {json.dumps(hook.values)}", file=sys.stderr)
-            frames = frames_to_uint8(decoder.decode_chunk(chunk.latents))[0]
+            frames = session.decode(step)
             writer.write(frames)
             frames_total += frames.shape[0]
             elapsed = time.perf_counter() - started
             print(
-                f"chunk {chunk.index + 1}/{args.chunks}: {frames_total} frames, "
-                f"{frames_total / elapsed:.1f} frames/s",
+                f"chunk {index + 1}/{args.chunks}: {frames_total} frames, {frames_total / elapsed:.1f} frames/s",
                 file=sys.stderr,
             )
-    runner.close()
+    session.close()
     print(f"wrote {frames_total} frames ({width}x{height}) to {args.out}")
     return 0
 

@@ -1,18 +1,13 @@
-"""The engine side of cache policies and session hooks: runners that drive a pipeline stream."""
+"""The engine: runners that drive a pipeline stream under a cache policy and hooks, and the device session."""
 
-from tokentrim_server.engine.base import PolicyRunner
-from tokentrim_server.engine.chunk_runner import SelfForcingRunner, open_runner
-from tokentrim_server.engine.hooked import HookedSelfForcing, ScratchCache
+from tokentrim_server.engine.hooks import HookSteps
 from tokentrim_server.engine.report import ChunkReport, ChunkResult
-from tokentrim_server.engine.rolling_runner import RollingForcingRunner
+from tokentrim_server.engine.runner import PolicyRunner, open_runner
 
 __all__ = [
     "ChunkReport",
     "ChunkResult",
-    "HookedSelfForcing",
+    "HookSteps",
     "PolicyRunner",
-    "RollingForcingRunner",
-    "ScratchCache",
-    "SelfForcingRunner",
     "open_runner",
 ]

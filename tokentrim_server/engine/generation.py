@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from tokentrim_server.engine.chunk_runner import open_runner
 from tokentrim_server.engine.render_stream import Ready, RenderStream
 from tokentrim_server.engine.report import ChunkResult
+from tokentrim_server.engine.runner import open_runner
 from tokentrim_server.hooks import SessionHook
 from tokentrim_server.loading.model import ModelBundle
 from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
@@ -66,7 +66,7 @@ class GenerationSession:
         self.bundle = bundle
         self.plan = plan
         model = bundle.transformer
-        pipeline = PIPELINES[plan.pipeline][0](model, plan.options)
+        pipeline = PIPELINES[plan.pipeline](model, plan.options)
         latent_shape = bundle.latent_shape(plan.height, plan.width)
         stream = pipeline.open(self._embed(plan.prompt), latent_shape, SeededNoise(plan.seed), plan.chunks)
         self.runner = open_runner(stream, plan.policy, plan.seed, plan.hooks)

@@ -8,7 +8,9 @@ it has used, measured on the worker); a job queued by owner ``o`` gets the start
 ``V`` is the start tag of the job last picked, so an owner that sat idle cannot bank its unused share and
 then monopolise the device. The queued job with the smallest tag runs next (ties: first submitted). Jobs
 of one owner run in submission order, which the sessions' clean-up relies on. A running job is never
-interrupted: another session waits at most one chunk of an expensive session.
+interrupted: another session waits at most one chunk of an expensive session. Clean-up jobs are *urgent*:
+they start at the current virtual time, so a finished session frees its memory and its slot as soon as its
+own earlier jobs are done, however much device time it had used.
 
 On CUDA the measured time is the host's wall time of the job, which includes the device time wherever
 the job synchronises (a policy's ``.item()``, a chunk's end); that is the cost the other sessions wait for.
@@ -36,6 +38,7 @@ class _Job:
     future: Future[Any]
     owner: Hashable
     sequence: int
+    urgent: bool
     tag: float = 0.0
 
 
@@ -76,16 +79,21 @@ class DeviceWorker:
 
         return await self.run(timed, owner=owner)
 
-    def submit(self, function: Callable[..., T], *args: object, owner: Hashable = None) -> Future[T]:
-        """Queue ``function(*args)`` for ``owner`` without waiting (``None`` is an owner like any other)."""
+    def submit(
+        self, function: Callable[..., T], *args: object, owner: Hashable = None, urgent: bool = False
+    ) -> Future[T]:
+        """Queue ``function(*args)`` for ``owner`` without waiting (``None`` is an owner like any other).
+
+        ``urgent`` (clean-up): the job runs as soon as ``owner``'s earlier jobs are done, ahead of the fair share.
+        """
         future: Future[T] = Future()
         with self._lock:
             if self._closed:
                 raise RuntimeError("the device worker is shut down")
             state = self._owners.setdefault(owner, _Owner())
-            job = _Job(function, args, future, owner, next(self._sequence))
+            job = _Job(function, args, future, owner, next(self._sequence), urgent)
             if not state.queue and not state.running:
-                job.tag = max(state.finish, self._virtual_time)
+                job.tag = self._start_tag(state, job)
             state.queue.append(job)
             self._lock.notify()
         return future
@@ -139,4 +147,7 @@ class DeviceWorker:
             state.running = False
             state.finish = job.tag + seconds
             if state.queue:  # the owner's next job starts where this one finished
-                state.queue[0].tag = max(state.finish, self._virtual_time)
+                state.queue[0].tag = self._start_tag(state, state.queue[0])
+
+    def _start_tag(self, state: _Owner, job: _Job) -> float:
+        return self._virtual_time if job.urgent else max(state.finish, self._virtual_time)

@@ -19,8 +19,7 @@ from typing import ClassVar, Protocol
 
 import torch
 
-from tokentrim_server.policies.base import SessionInfo
-from tokentrim_server.policies.params import Configurable
+from tokentrim_server.plugin_api import Configurable, SessionInfo
 
 
 class Predictor(Protocol):
@@ -80,7 +79,7 @@ class SessionHook(Configurable):
 
     Subclasses set ``name``, ``description`` and ``parameters`` and override the methods they need. Validated
     parameters are in ``self.params`` (defaults filled in); a bad value raises
-    :class:`~tokentrim_server.policies.ParameterError` naming the parameter.
+    :class:`~tokentrim_server.hooks.ParameterError` naming the parameter.
     """
 
     kind: ClassVar[str] = "session hook"

@@ -6,9 +6,6 @@ core imports no hook by name (FlowMo lives in ``plugins/flowmo``).
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from tokentrim_server.hooks.base import SessionHook
 from tokentrim_server.plugin_registry import PluginRegistry
 
@@ -20,23 +17,5 @@ class HookNotFoundError(LookupError):
 
 
 REGISTRY = PluginRegistry(ENTRY_POINT_GROUP, SessionHook, "session hook", HookNotFoundError)
-
-
-def hook_names() -> list[str]:
-    """Names of every installed session hook, sorted."""
-    return REGISTRY.names()
-
-
-def load_hook(name: str) -> type[SessionHook]:
-    """The hook class registered under ``name``."""
-    return REGISTRY.load(name)
-
-
-def create_hook(name: str, params: Mapping[str, Any] | None = None) -> SessionHook:
-    """A fresh, configured hook instance for one session (``ParameterError`` on bad ``params``)."""
-    return REGISTRY.create(name, params)
-
-
-def describe_hooks() -> list[dict[str, Any]]:
-    """Every installed hook's schema, for a server to list."""
-    return REGISTRY.describe()
+# The public functions are the registry's own methods, so hooks and policies share one implementation.
+hook_names, load_hook, create_hook, describe_hooks = REGISTRY.names, REGISTRY.load, REGISTRY.create, REGISTRY.describe

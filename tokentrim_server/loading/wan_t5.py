@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import torch
 from transformers import UMT5Config
 
+from tokentrim_server.models.text_encoder import umt5_encoder_kwargs
+
 # Per-block original suffix -> UMT5 suffix, relative to ``blocks.N.`` and ``encoder.block.N.``.
 _BLOCK_KEYS = {
     "norm1.weight": "layer.0.layer_norm.weight",
@@ -35,20 +37,9 @@ def umt5_xxl_config() -> UMT5Config:
     """The configuration of google/umt5-xxl's encoder, as Wan 2.1 uses it."""
     return UMT5Config(
         vocab_size=256384,
-        d_model=4096,
-        d_kv=64,
-        d_ff=10240,
-        num_layers=24,
-        num_heads=64,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
         layer_norm_epsilon=1e-6,
         tie_word_embeddings=False,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
+        **umt5_encoder_kwargs(4096, d_kv=64, d_ff=10240, num_layers=24, num_heads=64),
     )
 
 

@@ -9,11 +9,38 @@ from __future__ import annotations
 
 import html
 import re
+from typing import Any
 
 import torch
 from transformers import PreTrainedTokenizerBase, UMT5EncoderModel
 
 _WHITESPACE = re.compile(r"\s+")
+
+
+def umt5_encoder_kwargs(
+    d_model: int, *, d_kv: int | None = None, d_ff: int | None = None, num_layers: int = 2, num_heads: int = 4
+) -> dict[str, Any]:
+    """``UMT5Config`` kwargs, all but ``vocab_size`` (a tokenizer's), of a UMT5 encoder ``d_model`` wide.
+
+    Every size keeps what Wan's umt5-xxl encoder is (a gated-GELU feed-forward, 32 relative-position buckets
+    up to distance 128, T5's ids: pad and decoder start 0, eos 1), so one code path serves the real encoder
+    and small ones. The defaults are the small encoders of the tiny and lab models: 2 layers of 4 heads,
+    ``d_kv`` a quarter of ``d_model`` (at least 8) and ``d_ff`` twice ``d_model``.
+    """
+    return {
+        "d_model": d_model,
+        "d_kv": d_kv or max(8, d_model // 4),
+        "d_ff": d_ff or 2 * d_model,
+        "num_layers": num_layers,
+        "num_heads": num_heads,
+        "relative_attention_num_buckets": 32,
+        "relative_attention_max_distance": 128,
+        "feed_forward_proj": "gated-gelu",
+        "dropout_rate": 0.0,
+        "pad_token_id": 0,
+        "eos_token_id": 1,
+        "decoder_start_token_id": 0,
+    }
 
 
 def clean_prompt(prompt: str) -> str:

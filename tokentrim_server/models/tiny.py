@@ -3,26 +3,22 @@
 Tests and the embedded demo need every stage of the real pipeline (tokenizer, UMT5 encoder, Wan
 transformer, Wan VAE) without downloading anything. These components keep the real architectures and
 interfaces (16 latent channels, 8x spatial / 4x temporal VAE compression, patch (1, 2, 2)) at a size that
-runs in milliseconds on a CPU, and can be written as a diffusers-format folder laid out like
-``Wan2.1-T2V-1.3B-Diffusers`` so folder-loading code paths are exercised too.
+runs in milliseconds on a CPU. ``tokentrim_server.loading.model_folder`` writes them as a diffusers-format
+folder laid out like ``Wan2.1-T2V-1.3B-Diffusers`` so folder-loading code paths are exercised too.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
-import diffusers
 import torch
 from diffusers import AutoencoderKLWan, FlowMatchEulerDiscreteScheduler, WanTransformer3DModel
 from tokenizers import Tokenizer, models, normalizers, pre_tokenizers, processors
 from transformers import PreTrainedTokenizerFast, UMT5Config, UMT5EncoderModel
 
-from tokentrim_server.loading.folder_settings import write_settings
-from tokentrim_server.models.text_encoder import PromptEncoder
+from tokentrim_server.models.text_encoder import PromptEncoder, umt5_encoder_kwargs
 
 TINY_TEXT_LEN = 16
 TINY_TEXT_DIM = 32
@@ -85,22 +81,8 @@ def tiny_vae_config() -> dict[str, Any]:
 
 
 def tiny_text_encoder_config(vocab_size: int) -> UMT5Config:
-    """A 2-layer UMT5 encoder with ``d_model`` equal to the tiny transformer's ``text_dim``."""
-    return UMT5Config(
-        vocab_size=vocab_size,
-        d_model=TINY_TEXT_DIM,
-        d_kv=8,
-        d_ff=64,
-        num_layers=2,
-        num_heads=4,
-        relative_attention_num_buckets=32,
-        relative_attention_max_distance=128,
-        feed_forward_proj="gated-gelu",
-        dropout_rate=0.0,
-        pad_token_id=0,
-        eos_token_id=1,
-        decoder_start_token_id=0,
-    )
+    """A small UMT5 encoder with ``d_model`` equal to the tiny transformer's ``text_dim``."""
+    return UMT5Config(vocab_size=vocab_size, **umt5_encoder_kwargs(TINY_TEXT_DIM))
 
 
 def build_tiny_tokenizer(
@@ -143,35 +125,3 @@ def build_tiny_components(seed: int = 0) -> TinyComponents:
 def tiny_scheduler() -> FlowMatchEulerDiscreteScheduler:
     """Flow-matching schedule with Self Forcing's timestep shift of 5."""
     return FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=5.0)
-
-
-def save_tiny_model_folder(path: str | Path, seed: int = 0) -> Path:
-    """Write the tiny model as a diffusers folder shaped like ``Wan2.1-T2V-1.3B-Diffusers``; returns it."""
-    return save_components_folder(build_tiny_components(seed), path)
-
-
-def save_components_folder(
-    components: TinyComponents, path: str | Path, default_size: tuple[int, int] | None = None
-) -> Path:
-    """Write ``components`` as a diffusers folder that ``load_model`` reads unmodified; returns it.
-
-    ``default_size`` (frame height, width) is recorded in ``tokentrim.json`` for models trained at one size.
-    """
-    root = Path(path)
-    root.mkdir(parents=True, exist_ok=True)
-    # name -> (library, class name written to model_index.json, object to save). The tokenizer is named by
-    # its public alias, which every transformers version can import, not by its v5 backend class.
-    parts: dict[str, tuple[str, str, Any]] = {
-        "scheduler": ("diffusers", "FlowMatchEulerDiscreteScheduler", tiny_scheduler()),
-        "text_encoder": ("transformers", "UMT5EncoderModel", components.text_encoder),
-        "tokenizer": ("transformers", "PreTrainedTokenizerFast", components.tokenizer),
-        "transformer": ("diffusers", "WanTransformer3DModel", components.transformer),
-        "vae": ("diffusers", "AutoencoderKLWan", components.vae),
-    }
-    model_index: dict[str, Any] = {"_class_name": "WanPipeline", "_diffusers_version": diffusers.__version__}
-    for name, (library, class_name, part) in parts.items():
-        part.save_pretrained(root / name)
-        model_index[name] = [library, class_name]
-    (root / "model_index.json").write_text(json.dumps(model_index, indent=2) + "\n")
-    write_settings(root, components.text_len, default_size)
-    return root

@@ -1,9 +1,16 @@
-"""What every streaming pipeline produces and how a session drives it."""
+"""What every streaming pipeline produces and how a session drives it.
+
+A pipeline is one spec (:class:`PipelineBase` subclass): its ``name``, its options class (types, ranges and
+cache rules, see :mod:`tokentrim_server.pipelines.options`), its stream class (one session's state) and the
+options a server applies by default. A stream owns its state: the engine asks it for the next chunk as a
+:class:`ChunkAttempt` (candidate, rewind, complete) and never writes into it.
+"""
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any, ClassVar, Literal
 
 import torch
 
@@ -27,6 +34,31 @@ class Chunk:
     latents: torch.Tensor  # [B, F, C, H, W]
 
 
+CandidateStage = Literal["first_step", "final"]
+"""Where a cache policy looks at a chunk: the first denoising step's x0, or the finished chunk."""
+
+
+@dataclass(frozen=True)
+class ChunkAttempt:
+    """A stream's next chunk, as a cache policy's runner drives it.
+
+    ``candidate()`` produces the latents at the requested stage; ``rewind()`` puts the stream back where
+    ``candidate()`` starts (same keyed noise, the cache as before the attempt, except what the runner prunes
+    afterwards), so ``candidate()`` may run again; ``complete(candidate)`` finishes the accepted candidate,
+    commits it to the cache and advances the stream.
+    """
+
+    index: int
+    frame_start: int
+    candidate: Callable[[], torch.Tensor]
+    rewind: Callable[[], None]
+    complete: Callable[[torch.Tensor], Chunk]
+
+
+StepAdjuster = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
+"""``adjust(step, noisy, flow) -> noisy'``: replaces a first-chunk step's noisy latent (session hooks)."""
+
+
 def check_positive(name: str, value: int) -> None:
     if value <= 0:
         raise ValueError(f"{name} must be > 0; got {value}")
@@ -48,8 +80,14 @@ def check_latent_shape(latent_shape: tuple[int, int, int], in_channels: int, pat
 class StreamBase:
     """State every pipeline's session holds: text context, keyed noise, the KV cache, the block counter.
 
-    Subclasses implement :meth:`next_chunk`; iteration stops after ``num_blocks`` chunks (``None``: never).
+    Subclasses implement :meth:`begin_chunk` (and say which candidate stages and hooks they support);
+    iteration stops after ``num_blocks`` chunks (``None``: never).
     """
+
+    stages: ClassVar[dict[CandidateStage, str | None]] = {"first_step": None, "final": None}
+    """Candidate stages, each ``None`` when offered, else why not (the runner's refusal names the policy)."""
+    hooks_refusal: ClassVar[str | None] = None
+    """Why session hooks cannot take part in this pipeline's first chunk (``None``: they can)."""
 
     def __init__(
         self,
@@ -60,6 +98,7 @@ class StreamBase:
         num_blocks: int | None,
     ) -> None:
         model = pipeline.model
+        self.pipeline_name = pipeline.name
         self.options = pipeline.options
         self.timesteps = pipeline.timesteps
         frames_per_block = self.options.frames_per_block
@@ -71,7 +110,8 @@ class StreamBase:
         self.batch = text.keys[0].shape[0]
         self.block_shape = (self.batch, frames_per_block, *latent_shape)
         self.tokens_per_frame = model.tokens_per_frame(latent_shape[1], latent_shape[2])
-        self.cache = KVCache(model.num_layers, self.tokens_per_frame, self.options.sink_frames)
+        capacity = self.options.cached_frames_bound(num_blocks)
+        self.cache = KVCache(model.num_layers, self.tokens_per_frame, self.options.sink_frames, capacity)
         self.emitted = 0  # chunks produced so far, prefilled ones included
         self.prefilled = 0  # of which given by :meth:`prefill`
 
@@ -88,6 +128,16 @@ class StreamBase:
         return self.num_blocks is not None and self.emitted >= self.num_blocks
 
     def next_chunk(self) -> Chunk:
+        """The next chunk as the plain pipeline makes it (no policy, no hooks)."""
+        attempt = self.begin_chunk(None)
+        return attempt.complete(attempt.candidate())
+
+    def begin_chunk(self, stage: CandidateStage | None, adjust: StepAdjuster | None = None) -> ChunkAttempt:
+        """Start the next chunk; its candidate is at ``stage`` (``None``: the finished chunk, never inspected).
+
+        ``adjust`` takes part in the denoising steps of the session's first chunk (streams whose
+        ``hooks_refusal`` is ``None`` only).
+        """
         raise NotImplementedError
 
     @property
@@ -208,13 +258,16 @@ class StreamBase:
 class PipelineBase:
     """A named pipeline over one model: validated options, its warped timesteps, and ``open`` for sessions.
 
-    Subclasses set ``name``, ``options_class`` and ``stream_class``; options provide ``validate()`` and
-    ``check_unbounded()`` (raising when the pipeline cannot stream without end under those options).
+    The pipeline's spec: subclasses set ``name``, ``options_class`` (a
+    :class:`~tokentrim_server.pipelines.options.PipelineOptions`), ``stream_class`` and ``serving_defaults``
+    (options a server applies unless a session overrides them, e.g. a window so that sessions can stream
+    without end). Register the class in :data:`tokentrim_server.pipelines.registry.PIPELINES`.
     """
 
-    name = ""
-    options_class: type
-    stream_class: type[StreamBase]
+    name: ClassVar[str] = ""
+    options_class: ClassVar[type]
+    stream_class: ClassVar[type[StreamBase]]
+    serving_defaults: ClassVar[dict[str, Any]] = {}
 
     def __init__(self, model: CausalWanTransformer, options: object | None = None) -> None:
         self.model = model

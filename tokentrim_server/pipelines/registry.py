@@ -1,4 +1,9 @@
-"""Pipelines by name, with their option classes: what the CLI, the benchmark and the server choose from."""
+"""Pipelines by name: what the engine, the server, the CLI, the lab and the benchmarks choose from.
+
+Adding a pipeline: write its options (a ``PipelineOptions`` subclass with its cache rules), its stream (a
+``StreamBase`` subclass offering ``begin_chunk``) and its spec (a ``PipelineBase`` subclass naming both), then
+list the spec here. Nothing else in the server changes (docs/architecture.md).
+"""
 
 from __future__ import annotations
 
@@ -12,15 +17,11 @@ from typing import Any
 from pydantic import TypeAdapter, ValidationError
 
 from tokentrim_server.models.causal_wan import CausalWanTransformer
-from tokentrim_server.pipelines.rolling_forcing import RollingForcingOptions, RollingForcingPipeline
-from tokentrim_server.pipelines.self_forcing import SelfForcingOptions, SelfForcingPipeline
+from tokentrim_server.pipelines.base import PipelineBase
+from tokentrim_server.pipelines.rolling_forcing import RollingForcingPipeline
+from tokentrim_server.pipelines.self_forcing import SelfForcingPipeline
 
-Pipeline = SelfForcingPipeline | RollingForcingPipeline
-
-PIPELINES: dict[str, tuple[type, type]] = {
-    "self_forcing": (SelfForcingPipeline, SelfForcingOptions),
-    "rolling_forcing": (RollingForcingPipeline, RollingForcingOptions),
-}
+PIPELINES: dict[str, type[PipelineBase]] = {spec.name: spec for spec in (SelfForcingPipeline, RollingForcingPipeline)}
 _SHOWN_INPUT_CHARS = 40  # an echoed value is cut here: a 300-digit number helps nobody
 _MUST = re.compile(r"^(Input|Tuple|List) should ")  # pydantic's "Input should be ..." as "must be ..."
 
@@ -33,7 +34,7 @@ def pipeline_options(name: str, overrides: Mapping[str, Any] | None = None) -> A
     """
     if name not in PIPELINES:
         raise ValueError(f"pipeline must be one of {', '.join(PIPELINES)}; got {name!r}")
-    options_cls = PIPELINES[name][1]
+    options_cls = PIPELINES[name].options_class
     fields = {f.name for f in dataclasses.fields(options_cls)}
     overrides = dict(overrides or {})
     unknown = sorted(set(overrides) - fields)
@@ -48,12 +49,12 @@ def pipeline_options(name: str, overrides: Mapping[str, Any] | None = None) -> A
 
 def options_schema(name: str) -> dict[str, Any]:
     """JSON Schema of pipeline ``name``'s options: each option's type, range, default and description."""
-    return _adapter(PIPELINES[name][1]).json_schema()
+    return _adapter(PIPELINES[name].options_class).json_schema()
 
 
-def build_pipeline(name: str, model: CausalWanTransformer, overrides: Mapping[str, Any] | None = None) -> Pipeline:
-    options = pipeline_options(name, overrides)
-    return PIPELINES[name][0](model, options)
+def build_pipeline(name: str, model: CausalWanTransformer, overrides: Mapping[str, Any] | None = None) -> PipelineBase:
+    options = pipeline_options(name, overrides)  # first: it names an unknown pipeline
+    return PIPELINES[name](model, options)
 
 
 @functools.cache

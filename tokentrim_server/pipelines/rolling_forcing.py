@@ -11,36 +11,22 @@ bounded run, shrink at its end; an unbounded stream never shrinks.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
+from typing import ClassVar
 
 import torch
 
 from tokentrim_server.cache.contexts import RollingWindowContext, RollingWriteContext
-from tokentrim_server.pipelines.base import Chunk, PipelineBase, StreamBase, check_positive
-from tokentrim_server.pipelines.option_types import (
-    STRICT_OPTIONS,
-    AttentionFrames,
-    CacheFrames,
-    ContextNoise,
-    DenoisingSteps,
-    FramesPerBlock,
-    TimestepShift,
-    WarpDenoisingStep,
-)
-from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
+from tokentrim_server.pipelines.base import CandidateStage, Chunk, ChunkAttempt, PipelineBase, StepAdjuster, StreamBase
+from tokentrim_server.pipelines.options import AttentionFrames, CacheFrames, DenoisingSteps, PipelineOptions
+from tokentrim_server.pipelines.schedule import to_x0
 
 
 @dataclass(frozen=True)
-class RollingForcingOptions:
+class RollingForcingOptions(PipelineOptions):
     """Options of the Rolling Forcing pipeline (defaults: the official 5-step distilled model)."""
 
-    __pydantic_config__ = STRICT_OPTIONS
-
-    frames_per_block: FramesPerBlock = 3
     denoising_steps: DenoisingSteps = (1000, 800, 600, 400, 200)
-    warp_denoising_step: WarpDenoisingStep = True
-    timestep_shift: TimestepShift = 5.0
-    context_noise: ContextNoise = 0.0
     cache_frames: CacheFrames = 24  # frames the cache holds, sink included
     attention_frames: AttentionFrames = 21  # frames one call attends to at most
 
@@ -53,14 +39,13 @@ class RollingForcingOptions:
     def window_frames(self) -> int:
         return self.frames_per_block * len(self.denoising_steps)
 
-    def check_unbounded(self) -> None:
-        """Rolling Forcing always streams without end: its window and cache roll."""
+    @property
+    def frames_ahead(self) -> int:
+        """The window denoises this many frames past the last emitted block."""
+        return self.window_frames
 
     def validate(self) -> None:
-        check_positive("frames_per_block", self.frames_per_block)
-        denoising_timesteps(self.denoising_steps, self.timestep_shift, self.warp_denoising_step)
-        if not 0 <= self.context_noise < 1000:
-            raise ValueError(f"context_noise must be in [0, 1000); got {self.context_noise}")
+        super().validate()
         minimum = self.window_frames + self.sink_frames
         if self.attention_frames < minimum:
             raise ValueError(
@@ -71,6 +56,10 @@ class RollingForcingOptions:
             raise ValueError(
                 f"cache_frames must be >= attention_frames ({self.attention_frames}); got {self.cache_frames}"
             )
+
+    def window_frames_bound(self) -> int | None:
+        """The write evicts down to ``cache_frames - frames_per_block`` before storing a block."""
+        return self.cache_frames
 
 
 @dataclass
@@ -83,7 +72,28 @@ class _Block:
 
 
 class RollingForcingStream(StreamBase):
-    """One Rolling Forcing session; each :meth:`next_chunk` runs windows until a block is final."""
+    """One Rolling Forcing session; a chunk runs windows until a block is final.
+
+    A block has no first step of its own (it is denoised jointly with the blocks after it), so its only
+    candidate is the final x0 of the window that finalises it. Rewinding restores the window as it was
+    before that window (its blocks, their steps and noisy latents, the block counter) and drops the cache
+    entry that window wrote for the block; every block of the window then starts again from the same keyed
+    noise. The rewind is exact: a block ``b > 0`` first enters the cache in the window that finalises it,
+    and that window's denoising call only reads frames newer than any the window's write evicts, so dropping
+    frames ``>= b`` restores the cache the window saw, minus what a policy pruned. Session hooks cannot take
+    part: block 0 is denoised inside the growing first windows, jointly with the next blocks.
+    """
+
+    stages: ClassVar[dict[CandidateStage, str | None]] = {
+        "first_step": "Rolling Forcing denoises blocks jointly and can only inspect final blocks (configure the "
+        "policy with candidate=final)",
+        "final": None,
+    }
+    hooks_refusal: ClassVar[str | None] = (
+        "need the self_forcing pipeline: a hook adjusts the first chunk's own denoising steps, and Rolling Forcing "
+        "denoises block 0 jointly with the next blocks inside its growing first windows (one model call for all "
+        "of them), so block 0 has no steps of its own"
+    )
 
     def __init__(self, pipeline: PipelineBase, text, latent_shape, noise, num_blocks) -> None:
         super().__init__(pipeline, text, latent_shape, noise, num_blocks)
@@ -94,11 +104,26 @@ class RollingForcingStream(StreamBase):
     def last_step(self) -> int:
         return len(self.timesteps) - 1
 
-    def next_chunk(self) -> Chunk:
-        while True:
+    def begin_chunk(self, stage: CandidateStage | None, adjust: StepAdjuster | None = None) -> ChunkAttempt:
+        if adjust is not None:
+            raise ValueError(f"session hooks {self.hooks_refusal}")
+        while not self._next_window_finalises():
+            self.step_window()
+        snapshot = self._snapshot()
+        index = self.window[0].index if self.window else self.next_block
+        frame_start = index * self.frames_per_block
+
+        def candidate() -> torch.Tensor:
             chunk = self.step_window()
-            if chunk is not None:
-                return chunk
+            if chunk is None:  # the (restored) window finalises this block by construction
+                raise RuntimeError(f"the window of block {index} emitted no block")
+            return chunk.latents
+
+        def rewind() -> None:
+            self._restore(snapshot)
+            self.cache.drop_from(frame_start)
+
+        return ChunkAttempt(index, frame_start, candidate, rewind, lambda x0: Chunk(index, frame_start, x0))
 
     def step_window(self) -> Chunk | None:
         """Run one window; returns the block that became final in it, if any."""
@@ -122,6 +147,20 @@ class RollingForcingStream(StreamBase):
     @property
     def generating(self) -> bool:
         return super().generating or bool(self.window) or self.next_block > self.emitted
+
+    def _next_window_finalises(self) -> bool:
+        """Whether the next :meth:`step_window` emits a block (its oldest block is at the last step)."""
+        oldest_step = self.window[0].step if self.window else 0  # an empty window admits a block at step 0
+        return oldest_step == self.last_step
+
+    def _snapshot(self) -> tuple[list[_Block], int, int]:
+        # A window mutates its blocks (step, noisy) in place, so keep copies; tensors are replaced, never
+        # written into, so sharing them is safe.
+        return [replace(block) for block in self.window], self.next_block, self.emitted
+
+    def _restore(self, snapshot: tuple[list[_Block], int, int]) -> None:
+        window, self.next_block, self.emitted = snapshot
+        self.window = [replace(block) for block in window]
 
     def prefill_chunk(self, chunk: Chunk) -> None:
         """Store the block's clean K/V with the pipeline's cache-writing call and advance past it.

@@ -9,46 +9,28 @@ chunk at ``t = context_noise``. In local mode the cache keeps a window of ``loca
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 
 from tokentrim_server.cache.contexts import BlockCausalContext
-from tokentrim_server.pipelines.base import Chunk, PipelineBase, StreamBase, check_positive
-from tokentrim_server.pipelines.option_types import (
-    STRICT_OPTIONS,
-    ContextNoise,
-    DenoisingSteps,
-    FramesPerBlock,
-    LocalAttentionFrames,
-    SinkFrames,
-    TimestepShift,
-    WarpDenoisingStep,
-)
-from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
+from tokentrim_server.cache.scratch import ScratchView
+from tokentrim_server.pipelines.base import CandidateStage, Chunk, ChunkAttempt, PipelineBase, StepAdjuster, StreamBase
+from tokentrim_server.pipelines.options import LocalAttentionFrames, PipelineOptions, SinkFrames
+from tokentrim_server.pipelines.schedule import to_x0
 
 
 @dataclass(frozen=True)
-class SelfForcingOptions:
+class SelfForcingOptions(PipelineOptions):
     """Options of the Self Forcing pipeline (defaults: the official 4-step distilled model)."""
 
-    __pydantic_config__ = STRICT_OPTIONS
-
-    frames_per_block: FramesPerBlock = 3
-    denoising_steps: DenoisingSteps = (1000, 750, 500, 250)
-    warp_denoising_step: WarpDenoisingStep = True
-    timestep_shift: TimestepShift = 5.0
-    context_noise: ContextNoise = 0.0
     local_attn_frames: LocalAttentionFrames = -1  # -1: global attention, no eviction
     sink_frames: SinkFrames = 0
 
     def validate(self) -> None:
-        check_positive("frames_per_block", self.frames_per_block)
-        denoising_timesteps(self.denoising_steps, self.timestep_shift, self.warp_denoising_step)
-        if not 0 <= self.context_noise < 1000:
-            raise ValueError(f"context_noise must be in [0, 1000); got {self.context_noise}")
-        if self.sink_frames < 0:
-            raise ValueError(f"sink_frames must be >= 0; got {self.sink_frames}")
+        super().validate()
         if self.local_attn_frames != -1:
             minimum = self.frames_per_block + self.sink_frames + 1
             if self.local_attn_frames < minimum:
@@ -65,10 +47,18 @@ class SelfForcingOptions:
         if not self.unbounded:
             raise ValueError("an unbounded stream needs local attention (local_attn_frames != -1)")
 
+    def window_frames_bound(self) -> int | None:
+        """The local window holds the committed frames plus the block being written; global: no bound."""
+        return self.local_attn_frames if self.unbounded else None
+
 
 class SelfForcingStream(StreamBase):
-    """One Self Forcing session. ``next_chunk`` = prepare_block, first_step, finish, commit."""
+    """One Self Forcing session. A chunk is prepare_block, first_step, finish, commit.
 
+    A ``first_step`` candidate is the x0 of the block's first denoising call; rewinding it discards that call's
+    pending K/V, so a regeneration costs one model call. A ``final`` candidate is the finished block; rewinding
+    it discards the last call's pending K/V and the steps run again from the block's keyed noise.
+    """
 
     @property
     def block(self) -> int:
@@ -78,9 +68,17 @@ class SelfForcingStream(StreamBase):
     def frame_start(self) -> int:
         return self.block * self.frames_per_block
 
-    def next_chunk(self) -> Chunk:
+    def begin_chunk(self, stage: CandidateStage | None, adjust: StepAdjuster | None = None) -> ChunkAttempt:
         self.prepare_block()
-        return self.commit(self.finish(self.first_step()))
+
+        def finished() -> torch.Tensor:
+            return self.finish(self.first_step(adjust), adjust)
+
+        if stage == "first_step":
+            candidate, complete = (lambda: self.first_step(adjust)), (lambda x0: self.commit(self.finish(x0, adjust)))
+        else:
+            candidate, complete = finished, self.commit
+        return ChunkAttempt(self.block, self.frame_start, candidate, self.cache.discard_pending, complete)
 
     # ------------------------------------------------------------------ the steps of one block
     def prepare_block(self) -> None:
@@ -88,14 +86,14 @@ class SelfForcingStream(StreamBase):
         if self.options.unbounded:
             self.cache.evict_to(self.options.local_attn_frames - self.frames_per_block)
 
-    def first_step(self) -> torch.Tensor:
+    def first_step(self, adjust: StepAdjuster | None = None) -> torch.Tensor:
         """The block's first denoising call from its initial noise; returns the x0 prediction."""
-        return self._denoise(self.initial_noise(self.block), self.timesteps[0])
+        return self._step(0, self.initial_noise(self.block), adjust)
 
-    def finish(self, x0: torch.Tensor) -> torch.Tensor:
+    def finish(self, x0: torch.Tensor, adjust: StepAdjuster | None = None) -> torch.Tensor:
         """The remaining denoising steps after the first; returns the final x0."""
         for step, timestep in enumerate(self.timesteps[1:], start=1):
-            x0 = self._denoise(self.renoise(self.block, step, x0, timestep), timestep)
+            x0 = self._step(step, self.renoise(self.block, step, x0, timestep), adjust)
         return x0
 
     def commit(self, x0: torch.Tensor) -> Chunk:
@@ -119,9 +117,32 @@ class SelfForcingStream(StreamBase):
         self.block_call(chunk.latents, self.options.context_noise, chunk.frame_start)
         self.cache.commit(chunk.frame_start, chunk.latents.shape[1])
 
+    def predictor(self, timestep: float) -> Callable[..., torch.Tensor]:
+        """The current block's model call at ``timestep``, differentiable, reading the cache, writing nothing.
+
+        ``predict(latents, *, gradient_checkpointing=False) -> flow``: a session hook's ``Predictor``.
+        """
+
+        def predict(latents: torch.Tensor, *, gradient_checkpointing: bool = False) -> torch.Tensor:
+            # A fresh scratch view per call: predictions awaiting one backward never share K/V.
+            rope = self.rotary(self.frame_start, latents.shape[1])
+            context = BlockCausalContext(ScratchView(self.cache), rope)
+            timesteps = torch.full(latents.shape[:2], timestep, device=latents.device, dtype=torch.float32)
+            return self.call_differentiable(latents, timesteps, self.frame_start, context, gradient_checkpointing)
+
+        return predict
+
     # ------------------------------------------------------------------ model calls
-    def _denoise(self, noisy: torch.Tensor, timestep: float) -> torch.Tensor:
-        return to_x0(noisy, self.block_call(noisy, timestep), timestep)
+    def _step(self, step: int, noisy: torch.Tensor, adjust: StepAdjuster | None) -> torch.Tensor:
+        """One denoising step: the model's flow at ``noisy``, then x0. ``adjust`` may replace the noisy latent the
+        update starts from, with the prediction already made (the order of FlowMo's official code)."""
+        timestep = self.timesteps[step]
+        flow = self.block_call(noisy, timestep)
+        latent = noisy if adjust is None else adjust(step, noisy, flow)
+        if latent is noisy:
+            return to_x0(noisy, flow, timestep)
+        # Keep an adjusted float32 latent exact through the update; the block stays in the model's dtype.
+        return to_x0(latent, flow, timestep).to(noisy.dtype)
 
     def block_call(self, latents: torch.Tensor, timestep: float, frame_start: int | None = None) -> torch.Tensor:
         """One no-grad model call on the current block (or the block at ``frame_start``); returns the flow."""
@@ -135,3 +156,6 @@ class SelfForcingPipeline(PipelineBase):
     name = "self_forcing"
     options_class = SelfForcingOptions
     stream_class = SelfForcingStream
+    # The official default is global attention, which only bounded sessions can use: a server streams with
+    # a 21-frame local window (the official local-attention setting) unless told otherwise.
+    serving_defaults: ClassVar[dict[str, Any]] = {"local_attn_frames": 21}

@@ -1,16 +1,8 @@
 """Cache policies: plugins that inspect chunks and prune a session's KV cache (see docs/plugins.md)."""
 
-from tokentrim_server.policies.base import (
-    STAGES,
-    AcceptedChunk,
-    CachePolicy,
-    Candidate,
-    Decision,
-    SessionInfo,
-    Stage,
-)
+from tokentrim_server.plugin_api import Parameter, ParameterError, SessionInfo, validate_params
+from tokentrim_server.policies.base import STAGES, AcceptedChunk, CachePolicy, Candidate, Decision, Stage
 from tokentrim_server.policies.handle import CacheHandle
-from tokentrim_server.policies.params import Parameter, ParameterError, validate_params
 from tokentrim_server.policies.registry import (
     ENTRY_POINT_GROUP,
     PolicyNotFoundError,

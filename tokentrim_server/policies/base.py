@@ -19,25 +19,11 @@ from typing import ClassVar, Literal
 
 import torch
 
+from tokentrim_server.plugin_api import Configurable, SessionInfo
 from tokentrim_server.policies.handle import CacheHandle
-from tokentrim_server.policies.params import Configurable
 
 Stage = Literal["first_step", "final"]
 STAGES: tuple[Stage, ...] = ("first_step", "final")
-
-
-@dataclass(frozen=True)
-class SessionInfo:
-    """What a policy may know about the session it serves."""
-
-    pipeline: str  # "self_forcing" or "rolling_forcing"
-    seed: int | None  # the session's noise seed (None when the noise is replayed)
-    batch: int
-    frames_per_block: int
-    tokens_per_frame: int
-    sink_frames: int
-    latent_shape: tuple[int, int, int]  # [C, H, W]
-    patch_size: tuple[int, int, int]
 
 
 @dataclass(frozen=True)

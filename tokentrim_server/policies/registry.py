@@ -6,9 +6,6 @@ third-party policies alike and never imports a plugin by name.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from typing import Any
-
 from tokentrim_server.plugin_registry import PluginRegistry
 from tokentrim_server.policies.base import CachePolicy
 
@@ -20,23 +17,10 @@ class PolicyNotFoundError(LookupError):
 
 
 REGISTRY = PluginRegistry(ENTRY_POINT_GROUP, CachePolicy, "cache policy", PolicyNotFoundError)
-
-
-def policy_names() -> list[str]:
-    """Names of every installed policy, sorted."""
-    return REGISTRY.names()
-
-
-def load_policy(name: str) -> type[CachePolicy]:
-    """The policy class registered under ``name``."""
-    return REGISTRY.load(name)
-
-
-def create_policy(name: str, params: Mapping[str, Any] | None = None) -> CachePolicy:
-    """A fresh, configured policy instance for one session."""
-    return REGISTRY.create(name, params)
-
-
-def describe_policies() -> list[dict[str, Any]]:
-    """Every installed policy's schema, for a server to list."""
-    return REGISTRY.describe()
+# The public functions are the registry's own methods, so policies and hooks share one implementation.
+policy_names, load_policy, create_policy, describe_policies = (
+    REGISTRY.names,
+    REGISTRY.load,
+    REGISTRY.create,
+    REGISTRY.describe,
+)

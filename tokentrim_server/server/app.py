@@ -17,6 +17,7 @@ from tokentrim.v1 import streaming_pb2 as pb
 
 from tokentrim_server import __version__
 from tokentrim_server.engine.admission import Admission
+from tokentrim_server.engine.driver import Workers
 from tokentrim_server.engine.generation import GenerationSession
 from tokentrim_server.engine.worker import DeviceWorker
 from tokentrim_server.loading.model import ModelBundle, ModelSpec, load_model
@@ -28,7 +29,6 @@ from tokentrim_server.server.decoding import add_tolerant_service
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import RequestError, RequestValidator
 from tokentrim_server.server.service import StreamingService
-from tokentrim_server.server.session import Workers
 
 log = logging.getLogger(__name__)
 

@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from tokentrim_server.pipelines.self_forcing import SelfForcingPipeline
+
 ENV_PREFIX = "TOKENTRIM_"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([KMGT]i?B|B)?\s*$", re.IGNORECASE)
 _UNITS = {
@@ -97,7 +99,8 @@ class ServerConfig:
     default_pipeline: str = option("self_forcing", "pipeline of sessions that name none")
     default_policy: str = option("none", "cache policy of sessions that name none")
     self_forcing_local_attn_frames: int = option(
-        21, "Self Forcing's default local attention window in latent frames (-1: global; sessions may override)"
+        SelfForcingPipeline.serving_defaults["local_attn_frames"],
+        "Self Forcing's default local attention window in latent frames (-1: global; sessions may override)",
     )
     max_sessions: int = option(4, "sessions that may run at once")
     cache_budget: str = option(
@@ -164,6 +167,10 @@ class ServerConfig:
                 parse_size(self.cache_budget)
             except ValueError as error:
                 raise ConfigError(f"cache_budget: {error}") from None
+
+    def pipeline_option_overrides(self) -> dict[str, dict[str, Any]]:
+        """Per pipeline, the options this configuration sets for sessions (over the pipeline's serving defaults)."""
+        return {"self_forcing": {"local_attn_frames": self.self_forcing_local_attn_frames}}
 
     def tokens(self) -> list[str]:
         """Every accepted bearer token (empty: authentication is off)."""

@@ -21,6 +21,7 @@ from tokentrim_server.engine.generation import SessionPlan
 from tokentrim_server.engine.sizing import session_cache_bytes
 from tokentrim_server.hooks import HookNotFoundError, SessionHook, create_hook
 from tokentrim_server.loading.model import ModelBundle
+from tokentrim_server.pipelines.options import PipelineOptions
 from tokentrim_server.pipelines.registry import PIPELINES, pipeline_options
 from tokentrim_server.policies import ParameterError, PolicyNotFoundError, create_policy
 from tokentrim_server.policies.base import CachePolicy
@@ -69,10 +70,9 @@ class RequestValidator:
         self.size_multiple = bundle.spatial_scale * bundle.transformer.patch_size[1]
 
     def default_options(self, pipeline: str) -> dict[str, Any]:
-        """The server's defaults for ``pipeline``'s options (what a session starts from)."""
-        if pipeline == "self_forcing":
-            return {"local_attn_frames": self.config.self_forcing_local_attn_frames}
-        return {}
+        """The server's defaults for ``pipeline``'s options (what a session starts from): the pipeline's serving
+        defaults, then the server configuration's."""
+        return {**PIPELINES[pipeline].serving_defaults, **self.config.pipeline_option_overrides().get(pipeline, {})}
 
     def prompt(self, text: str, field: str = "prompt") -> str:
         if not text.strip():
@@ -81,13 +81,10 @@ class RequestValidator:
             raise RequestError(field, f"has {len(text)} characters; at most {self.config.max_prompt_chars} are allowed")
         return text
 
-    def max_chunks(self, options: Any) -> int:
-        """Most chunks a session of these options may run: the server's limit and the model's position tables.
-
-        Rolling Forcing's window runs ``window_frames`` ahead of the last emitted chunk.
-        """
-        ahead = getattr(options, "window_frames", 0)
-        by_positions = (self.bundle.transformer.rope.max_frames - ahead) // options.frames_per_block
+    def max_chunks(self, options: PipelineOptions) -> int:
+        """Most chunks a session of these options may run: the server's limit and the model's position tables
+        (minus the frames the pipeline runs ahead of its last emitted chunk)."""
+        by_positions = (self.bundle.transformer.rope.max_frames - options.frames_ahead) // options.frames_per_block
         return min(self.config.max_chunks, by_positions)
 
     def plan(self, start: pb.StartSession) -> PlannedSession:
@@ -136,7 +133,7 @@ class RequestValidator:
         return PlannedSession(plan, cache_bytes, encoding, quality, credits, max_chunks)
 
     # ------------------------------------------------------------------ fields
-    def _options(self, pipeline: str, start: pb.StartSession) -> Any:
+    def _options(self, pipeline: str, start: pb.StartSession) -> PipelineOptions:
         overrides = {**self.default_options(pipeline), **struct_to_dict(start.pipeline_options)}
         try:
             options = pipeline_options(pipeline, overrides)

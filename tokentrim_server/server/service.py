@@ -15,6 +15,7 @@ from tokentrim.v1 import streaming_pb2 as pb
 from tokentrim.v1 import streaming_pb2_grpc as pb_grpc
 
 from tokentrim_server.engine.admission import Admission, AdmissionError
+from tokentrim_server.engine.driver import SessionIdle, SessionShutdown, Workers
 from tokentrim_server.hooks import describe_hooks
 from tokentrim_server.loading.model import ModelBundle
 from tokentrim_server.pipelines.registry import PIPELINES, options_schema, pipeline_options
@@ -23,7 +24,7 @@ from tokentrim_server.server.decoding import Undecodable
 from tokentrim_server.server.errors import log_fault
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import RequestError, RequestValidator, options_as_dict
-from tokentrim_server.server.session import ServedSession, SessionFault, SessionIdle, SessionShutdown, Workers
+from tokentrim_server.server.session import ServedSession
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +84,9 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         except AdmissionError as error:
             await self._reject(context, error.limit, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
         session = ServedSession(
-            uuid.uuid4().hex, planned, reservation, self.workers, self.admission, self.metrics, self.validator
+            uuid.uuid4().hex, planned, reservation, self.workers, self.admission, self.metrics, self.validator,
+            on_released=self._update_reserved,
         )
-        session.on_finished = self._update_reserved
         self._track(session)
         try:
             try:
@@ -108,9 +109,6 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         except SessionShutdown as error:
             self.metrics.sessions_ended.labels("shutdown").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        except SessionFault as error:  # logged with its error id where it happened
-            self.metrics.sessions_ended.labels("error").inc()
-            await context.abort(grpc.StatusCode.INTERNAL, str(error))
         except asyncio.CancelledError:  # the client went away or its deadline passed
             self.metrics.sessions_ended.labels("cancelled").inc()
             raise

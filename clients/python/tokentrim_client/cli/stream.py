@@ -13,12 +13,12 @@ from tokentrim.v1 import streaming_pb2 as pb
 
 from tokentrim_client.aio import AsyncClient
 from tokentrim_client.cli.exit_codes import ExitCode
-from tokentrim_client.cli.mp4 import Mp4Writer
 from tokentrim_client.cli.progress import Progress, progress_line
 from tokentrim_client.cli.reports import ReportLog, chunk_record
 from tokentrim_client.decoding import ReceivedChunk
 from tokentrim_client.errors import ClientError
 from tokentrim_client.messages import SessionOptions
+from tokentrim_client.mp4 import Mp4Writer
 from tokentrim_client.session import AsyncSession
 
 

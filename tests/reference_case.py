@@ -1,4 +1,4 @@
-"""Reference cases recorded from the official pipelines (see ``shared/reference/README.md``).
+"""Reference cases recorded from the official pipelines (see ``shared/reference/README.md``): test support.
 
 A case folder holds ``config.json`` (original Wan format), ``checkpoint.pt`` (a distilled checkpoint),
 ``case.json`` (pipeline options) and ``tensors.safetensors`` (prompt embeddings, keyed noise, expected
@@ -22,8 +22,9 @@ from tokentrim_server.loading.checkpoints import (
     read_transformer_config,
 )
 from tokentrim_server.models.causal_wan import CausalWanTransformer
+from tokentrim_server.pipelines.base import PipelineBase
 from tokentrim_server.pipelines.noise import ReplayNoise
-from tokentrim_server.pipelines.registry import Pipeline, build_pipeline
+from tokentrim_server.pipelines.registry import build_pipeline
 
 # case.json keys that describe the run rather than pipeline options.
 _RUN_KEYS = {"pipeline", "num_latent_frames", "latent_shape", "text_len", "checkpoint_key", "dtype", "tolerance"}
@@ -44,13 +45,13 @@ class ReferenceCase:
     def num_blocks(self) -> int:
         return self.case["num_latent_frames"] // self.case["frames_per_block"]
 
-    def pipeline(self) -> Pipeline:
+    def pipeline(self) -> PipelineBase:
         options = {k: v for k, v in self.case.items() if k not in _RUN_KEYS}
         if self.case["pipeline"] == "rolling_forcing":
             options.pop("sink_frames", None)  # the sink is the first block by construction
         return build_pipeline(self.case["pipeline"], self.model, options)
 
-    def open(self, pipeline: Pipeline | None = None):
+    def open(self, pipeline: PipelineBase | None = None):
         pipeline = pipeline or self.pipeline()
         shape = tuple(self.case["latent_shape"])
         return pipeline.open(self.tensors["prompt_embeds"], shape, ReplayNoise(self.tensors), self.num_blocks)

@@ -1,10 +1,13 @@
-"""Typed, validated policy parameters and the schema a server lists.
+"""What every plugin (cache policy, session hook) shares: typed parameters, the session it serves.
 
-A policy declares its parameters as :class:`Parameter` entries; :func:`validate_params` turns the values a
+It sits below both plugin APIs so that neither imports the other; ``tokentrim_server.policies`` and
+``tokentrim_server.hooks`` re-export these names, which is where plugins import them from.
+
+A plugin declares its parameters as :class:`Parameter` entries; :func:`validate_params` turns the values a
 session asks for into a complete, checked dict. The checks are pydantic's, in strict mode (a bool is not an
 int, an int is not a bool, NaN and infinity are no float), and the same declaration gives each parameter's
 standard JSON Schema. Every error names the parameter and what it accepts, so a client can fix its request
-without reading the policy's code.
+without reading the plugin's code.
 """
 
 from __future__ import annotations
@@ -16,18 +19,33 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import Field, TypeAdapter, ValidationError
 
+
+@dataclass(frozen=True)
+class SessionInfo:
+    """What a plugin may know about the session it serves."""
+
+    pipeline: str  # "self_forcing" or "rolling_forcing"
+    seed: int | None  # the session's noise seed (None when the noise is replayed)
+    batch: int
+    frames_per_block: int
+    tokens_per_frame: int
+    sink_frames: int
+    latent_shape: tuple[int, int, int]  # [C, H, W]
+    patch_size: tuple[int, int, int]
+
+
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}
 # pydantic error types that mean "not of the declared type" (the rest are range or choice errors)
 _TYPE_ERRORS = {"bool_type", "int_type", "float_type", "string_type", "finite_number"}
 
 
 class ParameterError(ValueError):
-    """A policy parameter that is unknown, of the wrong type or out of its range."""
+    """A plugin parameter that is unknown, of the wrong type or out of its range."""
 
 
 @dataclass(frozen=True)
 class Parameter:
-    """One parameter of a policy: ``type`` is one of bool, int, float, str.
+    """One parameter of a plugin: ``type`` is one of bool, int, float, str.
 
     Numeric bounds are inclusive unless marked exclusive; ``None`` means unbounded. ``choices`` restricts a
     str parameter to a fixed set.
@@ -46,7 +64,7 @@ class Parameter:
     def __post_init__(self) -> None:
         if self.type not in _TYPE_NAMES:
             raise TypeError(f"parameter {self.name!r}: type must be one of bool, int, float, str; got {self.type}")
-        # A schema whose default fails its own check is a bug in the policy, not in a request.
+        # A schema whose default fails its own check is a bug in the plugin, not in a request.
         self.validate(self.default)
 
     @property

@@ -1,4 +1,17 @@
-"""What every policy-driven runner shares: the session handshake, timed policy calls, the regeneration loop."""
+"""Running a pipeline stream under a cache policy and session hooks: one runner for every pipeline.
+
+Per chunk the stream offers a :class:`~tokentrim_server.pipelines.base.ChunkAttempt` at the policy's stage
+(the stream says which stages it can offer, and whether hooks can take part). The runner then:
+
+* ``None`` stage (e.g. ``none``): takes the candidate as it is, exactly the plain pipeline; no summaries.
+* otherwise: summarises the candidate, lets the policy judge it and, on trigger, rewinds the stream,
+  removes the chosen positions from every non-sink cached frame and produces the candidate again, up to the
+  policy's ``max_regenerations``; then completes the accepted one and tells the policy.
+
+Self Forcing's ``first_step`` candidate is its first denoising call's x0, so a regeneration costs one model
+call; ``final`` candidates re-run the whole chunk (Algorithm 1 literally). Session hooks take part in the
+first chunk's denoising steps (every attempt of it) through :class:`~tokentrim_server.engine.hooks.HookSteps`.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +23,7 @@ from typing import TypeVar
 
 import torch
 
+from tokentrim_server.engine.hooks import HookSteps
 from tokentrim_server.engine.report import ChunkReport, ChunkResult
 from tokentrim_server.hooks.base import HookReport, SessionHook
 from tokentrim_server.pipelines.base import Chunk, StreamBase
@@ -46,8 +60,6 @@ class PolicyRunner:
     :class:`ChunkReport`; the stream must not have produced a chunk yet when hooks are given.
     """
 
-    pipeline_name = ""
-
     def __init__(
         self,
         stream: StreamBase,
@@ -66,7 +78,7 @@ class PolicyRunner:
         if seed is None and isinstance(stream.noise, SeededNoise):
             seed = stream.noise.seed
         self.session = SessionInfo(
-            pipeline=self.pipeline_name,
+            pipeline=stream.pipeline_name,
             seed=seed,
             batch=stream.batch,
             frames_per_block=stream.frames_per_block,
@@ -77,6 +89,7 @@ class PolicyRunner:
         )
         self._check_stage(policy.stage)
         self._check_hooks()
+        self._hook_steps = HookSteps(stream, self.hooks, self.hook_seconds) if self.hooks else None
         self._start_hooks()
         started = time.perf_counter()
         try:
@@ -103,7 +116,16 @@ class PolicyRunner:
         self.close()
 
     def next_chunk(self) -> ChunkResult:
-        raise NotImplementedError
+        stream, stage = self.stream, self.policy.stage
+        # Hooks take part in the session's first chunk only (every attempt of it).
+        adjust = self._hook_steps if self._hook_steps is not None and stream.emitted == 0 else None
+        attempt = stream.begin_chunk(stage, adjust)
+        log = self._new_log()
+        if stage is None:
+            latents = attempt.candidate()
+        else:
+            latents = self._select(log, attempt.index, attempt.frame_start, attempt.candidate, attempt.rewind)
+        return self._accept(attempt.complete(latents), log)
 
     def close(self) -> None:
         """End the policy's session and free the stream's cache (idempotent)."""
@@ -118,13 +140,21 @@ class PolicyRunner:
             finally:
                 self.stream.close()
 
-    # ------------------------------------------------------------------ for subclasses
+    # ------------------------------------------------------------------ checks
     def _check_stage(self, stage: Stage | None) -> None:
-        if stage not in (None, "first_step", "final"):
+        if stage is None:
+            return
+        if stage not in self.stream.stages:
             raise ValueError(f"cache policy {self.policy.name!r} asks for an unknown stage {stage!r}")
+        refusal = self.stream.stages[stage]
+        if refusal is not None:
+            raise ValueError(f"cache policy {self.policy.name!r} inspects {stage} candidates; {refusal}")
 
     def _check_hooks(self) -> None:
-        """Refuse hooks this runner cannot honour (subclasses add pipeline-specific reasons)."""
+        """Refuse hooks the stream cannot honour."""
+        if self.hooks and self.stream.hooks_refusal is not None:
+            names = ", ".join(hook.name for hook in self.hooks)
+            raise ValueError(f"session hook(s) {names} {self.stream.hooks_refusal}")
         for hook in self.hooks:
             if not isinstance(hook, SessionHook):
                 raise TypeError(f"session hooks must be SessionHook instances; got {type(hook).__name__}")
@@ -137,6 +167,7 @@ class PolicyRunner:
                 f"session hooks run at session start; this stream has already produced {self.stream.emitted} chunk(s)"
             )
 
+    # ------------------------------------------------------------------ per chunk
     def _hook_reports(self) -> tuple[HookReport, ...]:
         """Every hook's report, on the first chunk's report only (empty afterwards)."""
         if self._hooks_reported:
@@ -268,3 +299,10 @@ class PolicyRunner:
     def _sizes(self) -> tuple[int, int]:
         stats = self.cache.stats()
         return stats.tokens, stats.bytes
+
+
+def open_runner(
+    stream: StreamBase, policy: CachePolicy, seed: int | None = None, hooks: Sequence[SessionHook] = ()
+) -> PolicyRunner:
+    """Run ``stream`` under ``policy``; ``hooks`` take part in the first chunk (where the pipeline allows)."""
+    return PolicyRunner(stream, policy, seed, hooks)
