@@ -1,9 +1,12 @@
 # make test: create .venv if missing, install everything (torch==2.13.0 first) and the external checkers the
-#            tests use (buf, Prometheus and promtool: `make tools`), lint, run the tests. On a fresh machine
+#            tests use (buf, Prometheus and promtool, Chromium: `make tools`), lint, run the tests. On a fresh machine
 #            every test runs; only the CUDA-only ones skip without a GPU.
-# make tools: install buf (npm, into .tools) and Prometheus with promtool (Debian's package; needs root or sudo).
+# make tools: install buf (npm, into .tools), Prometheus with promtool, and Chromium with chromedriver for the
+#             gateway's browser tests (Debian's packages; need root or sudo).
 # make demo: start the server on the embedded tiny model, stream a short video with the client CLI into
 #            out/demo.mp4, print where the metrics are, stop the server.
+# make watch: start the server on the embedded tiny model and the WebRTC gateway, print the viewer page's URL;
+#             Ctrl-C stops both (docs/gateway.md).
 # make proto: regenerate the gRPC code from proto/ (the tests fail when it is stale).
 # make lab-train: train a drift-lab model (LAB_PRESET, LAB_SEED; LAB_DEVICE=cuda on a GPU) into LAB_OUT.
 #                LAB_STAGE=vae: the autoencoder alone (into drift_lab/weights/LAB_PRESET-vae); LAB_STAGE=transformer
@@ -31,26 +34,29 @@ LAB_OUT ?= drift_lab/weights/$(LAB_PRESET)-$(if $(filter vae,$(LAB_STAGE)),vae,s
 LAB_MODELS ?= $(sort $(dir $(wildcard drift_lab/weights/*/model_index.json)))
 DRIFT_ARGS ?=
 
-.PHONY: install tools test lint demo bench proto clean lab-train lab-gate drift-report
+.PHONY: install tools test lint demo watch bench proto clean lab-train lab-gate drift-report
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml proto/python/pyproject.toml clients/python/pyproject.toml $(PLUGINS)
+$(STAMP): pyproject.toml proto/python/pyproject.toml clients/python/pyproject.toml clients/gateway/pyproject.toml \
+		$(PLUGINS)
 	test -x $(PYTHON) || python3 -m venv $(VENV)
 	$(PIP) install -q --upgrade pip
 	# torch first, pinned: an unpinned resolve would pull the CUDA build and gigabytes of packages.
 	$(PIP) install -q torch==2.13.0
 	# The generated API stubs and the client first: the server depends on both.
-	$(PIP) install -q -e proto/python -e clients/python
+	$(PIP) install -q -e proto/python -e clients/python -e 'clients/gateway[dev]'
 	$(PIP) install -q -e '.[dev]'
 	for plugin in $(dir $(PLUGINS)); do $(PIP) install -q -e $$plugin || exit 1; done
 	touch $(STAMP)
 
 # buf lints proto/ (tests/test_proto.py); npm ships it as @bufbuild/buf. Prometheus and promtool check
-# deploy/ (tests/deploy). Both steps do nothing when the tools are already there.
+# deploy/ (tests/deploy); Chromium and chromedriver run the gateway's page (tests/gateway). Each step does nothing
+# when its tools are already there.
 tools:
 	test -x .tools/node_modules/.bin/buf || npm install --silent --no-audit --no-fund --prefix .tools @bufbuild/buf
 	bash deploy/ci/install-tools.sh
+	bash clients/gateway/ci/install-browser.sh
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check .
@@ -60,6 +66,9 @@ test: lint tools
 
 demo: $(STAMP)
 	$(PYTHON) -m tokentrim_server.cli.demo --out out/demo.mp4 $(DEMO_ARGS)
+
+watch: $(STAMP)
+	VENV=$(VENV) bash clients/gateway/ci/watch.sh
 
 proto: $(STAMP)
 	$(PYTHON) proto/generate.py
