@@ -10,8 +10,15 @@ measures nothing but the model's failure. Inside the training horizon (``clip_ch
 * teacher forcing: for every chunk ``k >= 1`` of the clip, prefill the true chunks before it and generate
   chunk ``k`` alone; its PSNR against the truth must be > 25 dB.
 
-``python -m drift_lab.gate FOLDER [--seeds N] [--json]`` prints each metric with its threshold and verdict
-and exits 0 when every check passes, 1 otherwise.
+The autoencoder is gated on its own first (``--vae-only``; issue #15): a transformer trained on latents
+that already lose the objects cannot pass. On held-out scenes, the true clip (the training horizon) is
+encoded and decoded chunk by chunk through the server's streaming decoder, as rollouts decode, and its
+reconstruction must pass the free-rollout object checks above (count, colour, survival) over every frame.
+It reads ``FOLDER/vae`` and ``FOLDER/training.json``: a folder of ``drift_lab.train --stage vae`` (also while
+it trains: each checkpoint rewrites them) or a whole model folder.
+
+``python -m drift_lab.gate FOLDER [--vae-only] [--seeds N] [--json]`` prints each metric with its threshold
+and verdict and exits 0 when every check passes, 1 otherwise.
 """
 
 from __future__ import annotations
@@ -23,13 +30,30 @@ import sys
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+from diffusers import AutoencoderKLWan
 
 from drift_lab.arms import CONTROL, get_arm
-from drift_lab.measure import FrameMetrics
-from drift_lab.rollout import EVALUATION_SEED_OFFSET, LabModel, load_lab_model, make_truth, run_rollout
+from drift_lab.latents import encode_frames
+from drift_lab.measure import FrameMetrics, measure
+from drift_lab.model import TRAINING_FILE
+from drift_lab.rollout import (
+    EVALUATION_SEED_OFFSET,
+    LabModel,
+    chunk_first_frame,
+    decode_chunks,
+    load_lab_model,
+    make_truth,
+    recorded_clip_chunks,
+    recorded_world,
+    run_rollout,
+)
+from drift_lab.world import WorldSpec, render, sample_scene
+from tokentrim_server.models.vae import StreamingVaeDecoder
 
 PIPELINE = "self_forcing"
 
@@ -55,6 +79,8 @@ CHECKS: tuple[Check, ...] = (
     Check("survival", 0.99, False, "fraction of true objects found, over (object, frame), free rollout"),
     Check("teacher_forced_psnr", 25.0, False, "dB of one chunk generated after the true chunks before it"),
 )
+# The autoencoder's gate: the object checks, on its reconstruction of the truth instead of a free rollout.
+OBJECT_CHECKS: tuple[Check, ...] = tuple(check for check in CHECKS if check.metric != "teacher_forced_psnr")
 
 
 def free_rollout_values(metrics: Sequence[FrameMetrics]) -> dict[str, float]:
@@ -68,12 +94,12 @@ def free_rollout_values(metrics: Sequence[FrameMetrics]) -> dict[str, float]:
     return {name: pooled(name) for name in ("count_error", "colour_error", "survival")}
 
 
-def verdict(values: dict[str, float]) -> dict[str, Any]:
+def verdict(values: dict[str, float], checks: Sequence[Check] = CHECKS) -> dict[str, Any]:
     """Every check with its value, threshold and pass/fail, and the overall ``pass``."""
-    missing = [check.metric for check in CHECKS if check.metric not in values]
+    missing = [check.metric for check in checks if check.metric not in values]
     if missing:
         raise ValueError(f"values lack gate metric(s) {', '.join(missing)}")
-    checks = {
+    entries = {
         check.metric: {
             "value": values[check.metric],
             "threshold": check.threshold,
@@ -81,9 +107,9 @@ def verdict(values: dict[str, float]) -> dict[str, Any]:
             "pass": check.passes(values[check.metric]),
             "description": check.description,
         }
-        for check in CHECKS
+        for check in checks
     }
-    return {"checks": checks, "pass": all(entry["pass"] for entry in checks.values())}
+    return {"checks": entries, "pass": all(entry["pass"] for entry in entries.values())}
 
 
 def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dict[str, Any]:
@@ -105,6 +131,7 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
             print(f"gate: seed {number + 1}/{seeds}, {elapsed:.1f} s", file=sys.stderr, flush=True)
     values = {**free_rollout_values(free), "teacher_forced_psnr": float(np.concatenate(psnr).mean())}
     return {
+        "gate": "quality",
         "model": model.name,
         "pipeline": PIPELINE,
         "clip_chunks": clip,
@@ -114,9 +141,50 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
     }
 
 
+def reconstruct(vae: AutoencoderKLWan, frames: np.ndarray) -> np.ndarray:
+    """uint8 ``[T, H, W, 3]`` frames encoded (as rollouts encode the truth) and decoded chunk by chunk through
+    the server's streaming decoder (as rollouts decode)."""
+    return decode_chunks(StreamingVaeDecoder(vae), encode_frames(vae, frames))[0]
+
+
+def evaluate_vae_gate(
+    name: str, vae: AutoencoderKLWan, world: WorldSpec, clip_chunks: int, seeds: int, *, progress: bool = False
+) -> dict[str, Any]:
+    """The autoencoder's gate: :data:`OBJECT_CHECKS` on its reconstructions of ``seeds`` held-out true clips of
+    ``clip_chunks`` chunks, every frame measured."""
+    if seeds < 1:
+        raise ValueError(f"seeds must be >= 1; got {seeds}")
+    metrics = []
+    started = time.perf_counter()
+    for number in range(seeds):
+        scene = sample_scene(EVALUATION_SEED_OFFSET + number, world)
+        metrics.append(measure(reconstruct(vae, render(scene, 0, chunk_first_frame(clip_chunks))), scene, 0))
+        if progress:
+            elapsed = time.perf_counter() - started
+            print(f"autoencoder gate: seed {number + 1}/{seeds}, {elapsed:.1f} s", file=sys.stderr, flush=True)
+    return {
+        "gate": "autoencoder",
+        "model": name,
+        "clip_chunks": clip_chunks,
+        "seeds": seeds,
+        "first_seed": EVALUATION_SEED_OFFSET,
+        **verdict(free_rollout_values(metrics), OBJECT_CHECKS),
+    }
+
+
+def load_vae_gate_inputs(folder: Path, device: str, dtype: str) -> tuple[AutoencoderKLWan, WorldSpec, int]:
+    """The autoencoder of ``folder`` (``vae/``) with the world and clip length its ``training.json`` records."""
+    path = folder / TRAINING_FILE
+    metadata: dict[str, Any] = json.loads(path.read_text()) if path.is_file() else {}
+    vae = AutoencoderKLWan.from_pretrained(folder / "vae", torch_dtype=getattr(torch, dtype)).to(device).eval()
+    return vae, recorded_world(folder.name, metadata), recorded_clip_chunks(metadata)
+
+
 def format_table(result: dict[str, Any]) -> str:
-    """A human-readable rendering of :func:`evaluate_gate`'s result."""
-    lines = [f"quality gate of {result['model']} ({result['seeds']} seeds, clip of {result['clip_chunks']} chunks)"]
+    """A human-readable rendering of :func:`evaluate_gate`'s or :func:`evaluate_vae_gate`'s result."""
+    lines = [
+        f"{result['gate']} gate of {result['model']} ({result['seeds']} seeds, clip of {result['clip_chunks']} chunks)"
+    ]
     for metric, entry in result["checks"].items():
         mark = "pass" if entry["pass"] else "FAIL"
         lines.append(f"  {metric:<20} {entry['value']:9.4f} {entry['rule']} {entry['threshold']:<6g} {mark}")
@@ -129,6 +197,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("folder", help="lab model folder (as written by python -m drift_lab.train)")
     parser.add_argument("--seeds", type=int, default=8, help="held-out scenes to evaluate (default: %(default)s)")
     parser.add_argument("--json", action="store_true", help="print the result as JSON instead of a table")
+    parser.add_argument(
+        "--vae-only", action="store_true", help="gate the autoencoder alone on its reconstruction of the truth"
+    )
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: %(default)s)")
@@ -139,8 +210,13 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.seeds < 1:
         raise SystemExit("--seeds must be >= 1")
-    model = load_lab_model(args.folder, device=args.device, dtype=args.dtype)
-    result = evaluate_gate(model, args.seeds, progress=True)
+    if args.vae_only:
+        folder = Path(args.folder)
+        vae, world, clip_chunks = load_vae_gate_inputs(folder, args.device, args.dtype)
+        result = evaluate_vae_gate(folder.name, vae, world, clip_chunks, args.seeds, progress=True)
+    else:
+        model = load_lab_model(args.folder, device=args.device, dtype=args.dtype)
+        result = evaluate_gate(model, args.seeds, progress=True)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
     return 0 if result["pass"] else 1
 

@@ -24,7 +24,9 @@ from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
 from drift_lab.world import MAX_CAPTION_WORDS, VOCABULARY, WorldSpec
-from tokentrim_server.models.tiny import TinyComponents, build_tiny_tokenizer, save_components_folder
+from tokentrim_server.loading.model_folder import save_components_folder
+from tokentrim_server.models.text_encoder import umt5_encoder_kwargs
+from tokentrim_server.models.tiny import TinyComponents, build_tiny_tokenizer
 
 TRAINING_FILE = "training.json"
 MODEL_CARD_FILE = "MODEL_CARD.md"
@@ -45,10 +47,14 @@ class TrainingConfig:
     are translation-equivariant, so crops teach the same kernels at a fraction of the cost per clip."""
     vae_guide_weight: float = 1.0
     """Initial weight of the latent guide (see ``drift_lab.training_vae``), decayed linearly to 0."""
+    vae_guide_fraction: float = 1.0
+    """Fraction of the autoencoder steps over which the guide's weight decays to 0."""
     vae_teacher_fraction: float = 0.5
     """Fraction of the autoencoder steps over which the decoder's guided channels fade from the guide target
     to the encoder's own output (0: never teacher-forced)."""
     vae_lr: float = 3e-3
+    vae_object_weight: float = 1.0
+    """Weight of object pixels in the reconstruction loss, relative to background pixels (1: plain MSE)."""
     vae_kl_weight: float = 1e-5
     """Weight of the per-element KL term: just enough to keep latents bounded and smooth (as in Wan's VAE);
     their scale is then fixed by the latent statistics, not by the prior."""
@@ -82,8 +88,12 @@ class TrainingConfig:
         for name in ("vae_kl_weight", "vae_guide_weight", "weight_decay", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"training.{name} must be >= 0; got {getattr(self, name)}")
+        if not self.vae_object_weight >= 1:
+            raise ValueError(f"training.vae_object_weight must be >= 1; got {self.vae_object_weight}")
         if not 0 <= self.vae_teacher_fraction <= 1:
             raise ValueError(f"training.vae_teacher_fraction must be in [0, 1]; got {self.vae_teacher_fraction}")
+        if not 0 < self.vae_guide_fraction <= 1:
+            raise ValueError(f"training.vae_guide_fraction must be in (0, 1]; got {self.vae_guide_fraction}")
         if not 0 <= self.min_lr_ratio <= 1:
             raise ValueError(f"training.min_lr_ratio must be in [0, 1]; got {self.min_lr_ratio}")
         if self.clip_chunks < 2:
@@ -174,24 +184,6 @@ def _transformer(heads: int, head_dim: int, ffn: int, layers: int, text_dim: int
     }
 
 
-def _text_encoder(d_model: int) -> dict[str, Any]:
-    """A 2-layer UMT5 encoder (T5 conventions: pad 0, eos 1)."""
-    return {
-        "d_model": d_model,
-        "d_kv": max(8, d_model // 4),
-        "d_ff": 2 * d_model,
-        "num_layers": 2,
-        "num_heads": 4,
-        "relative_attention_num_buckets": 32,
-        "relative_attention_max_distance": 128,
-        "feed_forward_proj": "gated-gelu",
-        "dropout_rate": 0.0,
-        "pad_token_id": 0,
-        "eos_token_id": 1,
-        "decoder_start_token_id": 0,
-    }
-
-
 # Text length: the longest caption (MAX_CAPTION_WORDS) plus </s>, rounded up.
 LAB_TEXT_LEN = 32
 
@@ -202,7 +194,7 @@ PRESETS: dict[str, LabPreset] = {
         world=WorldSpec(height=32, width=32, size_range=(3.0, 5.0)),
         transformer=_transformer(heads=2, head_dim=16, ffn=64, layers=2, text_dim=16),
         vae={"base_dim": 4, "z_dim": 16, "dim_mult": [1, 2, 2, 2], "num_res_blocks": 1},
-        text_encoder=_text_encoder(16),
+        text_encoder=umt5_encoder_kwargs(16),
         text_len=LAB_TEXT_LEN,
         training=TrainingConfig(vae_steps=20, vae_batch=2, steps=40, batch=4, warmup_steps=5, pool_clips=8),
     ),
@@ -213,7 +205,7 @@ PRESETS: dict[str, LabPreset] = {
         world=WorldSpec(height=64, width=64),
         transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
         vae={"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
-        text_encoder=_text_encoder(32),
+        text_encoder=umt5_encoder_kwargs(32),
         text_len=LAB_TEXT_LEN,
         training=TrainingConfig(
             vae_steps=800,
@@ -226,6 +218,41 @@ PRESETS: dict[str, LabPreset] = {
             pool_clips=96,
         ),
     ),
+    # The CPU model of issue #15, trained in stages in the background on one thread (docs/drift-lab.md,
+    # "Training on the CPU"). 64x64 frames: 8x8 latents, 16 tokens per latent frame (2x2 patches of 16x16 px).
+    # p = 0.1 then prunes 2 tokens, about the footprint of one object (diameters 8-20 px span 1-4 tokens), so
+    # TokenTrim's budget is on the scale of what drifts; 96x96 (36 tokens) would make it finer but costs ~2x
+    # the transformer time per step, and the study needs 3+ transformer seeds on one autoencoder.
+    # The world is the smoke world, unchanged: the autoencoder's misses showed no trend in object size.
+    # The autoencoder is what failed (smoke: 800 steps, object survival 0.05-0.19 on its own reconstruction,
+    # losses still falling): here it gets 30x the steps, a wider network (base_dim 10, ~0.64M parameters,
+    # so a checkpoint with AdamW's moments stays under 8 MB to commit) and object pixels weighted 8x in the
+    # reconstruction (objects are ~10% of the pixels of a training crop: they then carry about half of the
+    # loss instead of a tenth, so blurring a small object into its background no longer pays). The guide
+    # and teacher schedules are cut to the first 20% / 10% of the run: they only serve to start the
+    # decoder, after which reconstruction alone should shape the latents. The transformer is the smoke one
+    # trained 10x longer (4,000 steps, ~7 minutes a seed) on a 4x larger pool.
+    "cpu": LabPreset(
+        name="cpu",
+        world=WorldSpec(height=64, width=64),
+        transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
+        vae={"base_dim": 10, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
+        text_encoder=umt5_encoder_kwargs(32),
+        text_len=LAB_TEXT_LEN,
+        training=TrainingConfig(
+            vae_steps=24_000,
+            vae_batch=4,
+            vae_clip_frames=13,
+            vae_crop=32,
+            vae_guide_fraction=0.2,
+            vae_teacher_fraction=0.1,
+            vae_object_weight=8.0,
+            steps=4000,
+            batch=8,
+            warmup_steps=200,
+            pool_clips=384,
+        ),
+    ),
     # One H100: 128x128 frames (16x16 latents, 64 tokens per latent frame), a 24M-parameter transformer
     # (dim 512, 6 layers), Wan's VAE layout at base_dim 32, clips of 7 chunks (81 video frames).
     "gpu": LabPreset(
@@ -235,7 +262,7 @@ PRESETS: dict[str, LabPreset] = {
         ),
         transformer=_transformer(heads=8, head_dim=64, ffn=1536, layers=6, text_dim=128),
         vae={"base_dim": 32, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2},
-        text_encoder=_text_encoder(128),
+        text_encoder=umt5_encoder_kwargs(128),
         text_len=LAB_TEXT_LEN,
         training=TrainingConfig(
             vae_steps=20_000,

@@ -2,7 +2,9 @@
 
 The markdown, the PNGs (in a folder named after the report, e.g. ``docs/drift-lab/``) and the raw per-seed
 results (``docs/drift-lab.json``) are all generated; the "What the result is" section is computed from the
-intervals and rates (``drift_lab.analysis``), never written by hand.
+intervals and rates (``drift_lab.analysis``), never written by hand. The one hand-written section, how the
+models are trained on a CPU, is kept in ``drift_lab/training-on-cpu.md`` and copied in verbatim, so that
+regenerating the report keeps it.
 """
 
 from __future__ import annotations
@@ -26,6 +28,8 @@ from drift_lab.gate import CHECKS, evaluate_gate
 from drift_lab.rollout import EVALUATION_SEED_OFFSET, chunk_first_frame, load_lab_model
 from drift_lab.statistics import BOOTSTRAP_RESAMPLES, BOOTSTRAP_SEED, Interval
 from drift_lab.world import DATA_VERSION
+
+TRAINING_GUIDE = Path(__file__).with_name("training-on-cpu.md")
 
 # Defaults of the flags left out: the full evaluation, and --smoke (a quick end-to-end run, not evidence).
 FULL: dict[str, Any] = {
@@ -174,6 +178,7 @@ def render_markdown(inputs: ReportInputs) -> str:
         parts += [f"- {line}" for line in conclusions(result.summaries, pipeline)]
         parts.append("")
     parts += _methods(inputs)
+    parts.append(TRAINING_GUIDE.read_text())
     parts.append("## Results\n")
     for pipeline in config.pipelines:
         parts += _results(inputs, pipeline)

@@ -85,18 +85,31 @@ def load_lab_model(folder: str | Path, device: str = "cpu", dtype: str = "float3
 
 def lab_model(name: str, bundle: ModelBundle, metadata: Mapping[str, Any]) -> LabModel:
     """A :class:`LabModel` from a loaded bundle and its training record (checked against this world)."""
+    world = recorded_world(name, metadata, bundle.default_size)
+    clip_chunks = recorded_clip_chunks(metadata)
+    return LabModel(name, bundle, clip_chunks, world, dict(metadata.get("pipeline_options", {})), dict(metadata))
+
+
+def recorded_world(name: str, metadata: Mapping[str, Any], size: tuple[int, int] | None = None) -> WorldSpec:
+    """The world a model was trained on, from its ``training.json`` (checked against this lab's world
+    version), at frame ``size`` (height, width) when given."""
     recorded = metadata.get("data_version")
     if recorded is not None and recorded != DATA_VERSION:
         raise ValueError(f"model {name} was trained on world {recorded}; this lab renders {DATA_VERSION}")
+    # JSON has no tuples; WorldSpec's range fields are tuples.
+    world = {key: tuple(value) if isinstance(value, list) else value
+             for key, value in dict(metadata.get("world", {})).items()}  # fmt: skip
+    if size is not None:
+        world.update(height=size[0], width=size[1])
+    return WorldSpec(**world)
+
+
+def recorded_clip_chunks(metadata: Mapping[str, Any]) -> int:
+    """The training horizon in chunks from ``training.json`` (``DEFAULT_CLIP_CHUNKS`` when absent)."""
     clip_chunks = int(metadata.get("clip_chunks", DEFAULT_CLIP_CHUNKS))
     if clip_chunks < 2:
         raise ValueError(f"training.json clip_chunks must be >= 2; got {clip_chunks}")
-    height, width = bundle.default_size
-    # JSON has no tuples; WorldSpec's range fields are tuples.
-    recorded_world = {key: tuple(value) if isinstance(value, list) else value
-                      for key, value in dict(metadata.get("world", {})).items()}  # fmt: skip
-    world = WorldSpec(**{**recorded_world, "height": height, "width": width})
-    return LabModel(name, bundle, clip_chunks, world, dict(metadata.get("pipeline_options", {})), dict(metadata))
+    return clip_chunks
 
 
 def chunk_first_frame(chunk: int, frames_per_block: int = FRAMES_PER_BLOCK, temporal_scale: int = 4) -> int:
@@ -218,15 +231,20 @@ def decode_and_measure(model: LabModel, truth: Truth, generations: Sequence[Gene
     batch = len(generations)
     decoder = StreamingVaeDecoder(vae)
     decoder.decode_chunk(truth.latents[:, : prefill * FRAMES_PER_BLOCK].expand(batch, -1, -1, -1, -1).to(vae.device))
-    latents = torch.cat([g.latents for g in generations]).to(vae.device)
-    frames = [frames_to_uint8(decoder.decode_chunk(chunk)).cpu().numpy()
-              for chunk in latents.split(FRAMES_PER_BLOCK, dim=1)]  # fmt: skip
-    videos = np.concatenate(frames, axis=1)
+    videos = decode_chunks(decoder, torch.cat([g.latents for g in generations]).to(vae.device))
     start = chunk_first_frame(prefill)
     return [
         Rollout(g, start, video, measure(video, truth.scene, start))
         for g, video in zip(generations, videos, strict=True)
     ]
+
+
+def decode_chunks(decoder: StreamingVaeDecoder, latents: torch.Tensor) -> np.ndarray:
+    """Normalised latents ``[B, F, C, h, w]`` decoded chunk by chunk, as the server streams them, into uint8
+    videos ``[B, T, H, W, 3]`` (continuing the decoder's causal context)."""
+    frames = [frames_to_uint8(decoder.decode_chunk(chunk)).cpu().numpy()
+              for chunk in latents.split(FRAMES_PER_BLOCK, dim=1)]  # fmt: skip
+    return np.concatenate(frames, axis=1)
 
 
 def run_rollout(model: LabModel, arm: Arm, truth: Truth, prefill_chunks: int, chunks: int) -> Rollout:

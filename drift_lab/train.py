@@ -6,11 +6,25 @@ server's ``load_model`` reads, plus ``training.json`` (command, seed, preset, wo
 wall time) and ``MODEL_CARD.md``. Runs are reproducible on a CPU: the seed fixes the weights' initialisation,
 the training scenes and every noise draw, so one seed (with one thread count: float reductions are split
 by thread) gives the same weights every time.
+
+Long runs go in stages, so that one autoencoder, gated on its own (``python -m drift_lab.gate --vae-only``),
+serves several transformer seeds:
+
+* ``--stage vae --out VAE``: the autoencoder alone, into ``VAE/vae`` with ``VAE/training.json``;
+* ``--stage transformer --vae-from VAE --out MODEL``: a transformer on that autoencoder's latents, into a
+  full model folder. Its scenes and noise come from its own seed, so it does not reproduce a one-shot run.
+
+A staged run writes ``OUT/checkpoint.pt`` every ``--checkpoint-minutes``, after ``--stop-after`` steps of
+this invocation, and at the end (stage 1 rewrites its ``VAE/vae`` snapshot each time, so the autoencoder can
+be gated while it trains). ``--resume OUT/checkpoint.pt`` (same command otherwise) continues it: the same seed
+and thread count give bit-identical weights to an uninterrupted run.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
 import shlex
 import sys
 import time
@@ -19,17 +33,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
+from diffusers import AutoencoderKLWan
 
 from drift_lab.latents import video_frame_count
-from drift_lab.model import FRAMES_PER_BLOCK, PRESETS, LabPreset, build_lab_components, get_preset, save_lab_model
+from drift_lab.model import (
+    FRAMES_PER_BLOCK,
+    PRESETS,
+    TRAINING_FILE,
+    LabPreset,
+    build_lab_components,
+    get_preset,
+    save_lab_model,
+)
 from drift_lab.training_data import build_pool, scene_seeds
-from drift_lab.training_loop import resolve_dtype
+from drift_lab.training_loop import Checkpointing, Progress, Streams, load_checkpoint, resolve_dtype
 from drift_lab.training_transformer import train_transformer
 from drift_lab.training_vae import train_vae
 from drift_lab.world import DATA_VERSION
 from tokentrim_server.models.causal_wan import CausalWanTransformer
+from tokentrim_server.models.tiny import TinyComponents
+
+STAGES = ("all", "vae", "transformer")
+CHECKPOINT_FILE = "checkpoint.pt"
+VAE_FOLDER = "vae"
+VAE_WEIGHTS = f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -45,11 +73,16 @@ class RunOptions:
     log_every: int = 50
     threads: int | None = None  # CPU threads for torch (None: torch's default)
     command: str = ""
+    stage: str = "all"
+    vae_from: Path | None = None  # stage-1 folder the transformer stage trains on
+    resume: Path | None = None  # checkpoint a staged run continues
+    checkpoint_minutes: float = 5.0
+    stop_after: int | None = None  # steps of this invocation before a staged run checkpoints and stops
 
     def validate(self) -> None:
         if self.seed < 0:
             raise ValueError(f"seed must be >= 0; got {self.seed}")
-        for name in ("vae_steps", "steps"):
+        for name in ("vae_steps", "steps", "stop_after"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"{name} must be >= 1; got {value}")
@@ -57,6 +90,17 @@ class RunOptions:
             raise ValueError(f"log_every must be >= 1; got {self.log_every}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"threads must be >= 1; got {self.threads}")
+        if not self.checkpoint_minutes > 0:
+            raise ValueError(f"checkpoint_minutes must be > 0; got {self.checkpoint_minutes}")
+        if self.stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
+        if (self.vae_from is not None) != (self.stage == "transformer"):
+            raise ValueError("vae_from (the trained autoencoder's folder) goes with, and only with, stage transformer")
+        if self.stage == "transformer" and self.vae_steps is not None:
+            raise ValueError("vae_steps is the trained autoencoder's: it cannot be set for stage transformer")
+        # A one-shot run takes minutes (smoke, micro); only the stages of a long run checkpoint.
+        if self.stage == "all" and (self.resume is not None or self.stop_after is not None):
+            raise ValueError("resume and stop_after need a staged run: stage vae or transformer")
         resolve_dtype(self.dtype)
 
 
@@ -73,37 +117,171 @@ def effective_preset(preset: LabPreset, options: RunOptions) -> LabPreset:
 
 
 def train_lab_model(preset: LabPreset, out: str | Path, options: RunOptions) -> dict[str, Any]:
-    """Train both stages and write the model folder ``out``; returns the ``training.json`` metadata."""
+    """Run ``options.stage`` into ``out``; returns what it wrote as ``training.json`` (``finished`` False and
+    nothing but the checkpoint written when a staged run stopped early)."""
     options.validate()
     preset = effective_preset(preset, options)
-    config = preset.training
-    device = torch.device(options.device)
-    dtype = resolve_dtype(options.dtype)
     if options.threads is not None:
         torch.set_num_threads(options.threads)
+    out = Path(out)
+    if options.stage == "vae":
+        return _vae_stage(preset, out, options)
+    if options.stage == "transformer":
+        return _transformer_stage(preset, out, options)
     started = time.perf_counter()
-    # One generator for the scenes (numpy), one for every noise and timestep draw (torch, on the CPU so a
-    # GPU run draws the same values); the global RNG is seeded too, for anything drawing from it.
-    torch.manual_seed(options.seed)
-    rng = np.random.default_rng(options.seed)
-    generator = torch.Generator().manual_seed(options.seed)
-
+    streams = Streams.seeded(options.seed)
     components = build_lab_components(preset, options.seed)
-    vae = components.vae.to(device)
-    vae_progress = train_vae(vae, preset.world, config, rng, dtype, options.log_every)
+    components.vae = components.vae.to(options.device)
+    vae_progress = train_vae(
+        components.vae, preset.world, preset.training, streams.rng, resolve_dtype(options.dtype), options.log_every
+    )
+    vae_record = _vae_record(preset, options, components.vae, vae_progress)
+    metadata = _train_transformer(preset, options, components, streams, vae_record, None)
+    metadata["wall_seconds"] = round(time.perf_counter() - started, 1)
+    save_lab_model(components, out, default_size=preset.frame_size, metadata=metadata)
+    return metadata
 
+
+def _checkpointing(out: Path, options: RunOptions, identity: dict[str, Any]) -> Checkpointing:
+    resume = None if options.resume is None else load_checkpoint(options.resume)
+    return Checkpointing(out / CHECKPOINT_FILE, 60.0 * options.checkpoint_minutes, identity, resume, options.stop_after)
+
+
+def _autoencoder_part(preset: LabPreset) -> dict[str, Any]:
+    """What of a preset the autoencoder depends on: its world, architecture and training hyper-parameters.
+
+    Stage 1 checkpoints are keyed by this alone, so that changing a preset's transformer part while its
+    autoencoder trains (hours) does not orphan the autoencoder's checkpoint.
+    """
+    values = preset.as_dict()
+    shared = ("grad_clip", "min_lr_ratio")
+    training = {name: value for name, value in values["training"].items() if name.startswith("vae_") or name in shared}
+    return {"world": values["world"], "vae": values["vae"], "training": training}
+
+
+def _identity(stage: str, options: RunOptions, **parts: Any) -> dict[str, Any]:
+    """What a checkpoint of this stage must agree on with the run resuming it."""
+    return {"stage": stage, "seed": options.seed, "data_version": DATA_VERSION, **parts}
+
+
+def _vae_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[str, Any]:
+    """Stage 1: train the autoencoder; ``out/vae`` and ``out/training.json`` follow every checkpoint."""
+    streams = Streams.seeded(options.seed)
+    vae = build_lab_components(preset, options.seed).vae.to(options.device)
+    checkpointing = _checkpointing(out, options, _identity("vae", options, autoencoder=_autoencoder_part(preset)))
+    records: list[dict[str, Any]] = []
+
+    def snapshot(progress: Progress) -> None:
+        records.append(_vae_record(preset, options, vae, progress))
+        vae.save_pretrained(out / VAE_FOLDER)
+        (out / TRAINING_FILE).write_text(json.dumps(records[-1], indent=2) + "\n")
+
+    checkpointing.after_save = snapshot
+    progress = train_vae(
+        vae, preset.world, preset.training, streams.rng, resolve_dtype(options.dtype), options.log_every, checkpointing
+    )
+    # A resumed run that had already finished writes nothing: its folder is already complete.
+    return records[-1] if records else _vae_record(preset, options, vae, progress)
+
+
+def _vae_record(preset: LabPreset, options: RunOptions, vae: AutoencoderKLWan, progress: Progress) -> dict[str, Any]:
+    """Stage 1's ``training.json``: enough to gate the autoencoder and to train transformers on it."""
+    return {
+        "stage": "vae",
+        "finished": progress.done == progress.total,
+        "command": options.command,
+        "seed": options.seed,
+        "preset": preset.as_dict(),
+        "data_version": DATA_VERSION,
+        "world": preset.as_dict()["world"],
+        "clip_chunks": preset.training.clip_chunks,
+        "vae_steps": preset.training.vae_steps,
+        "steps_done": progress.done,
+        "device": options.device,
+        "dtype": options.dtype,
+        "threads": torch.get_num_threads(),
+        "torch_version": torch.__version__,
+        "parameters": {"vae": _count(vae)},
+        "losses": {f"vae_{name}": value for name, value in progress.final().items()},
+        "history": {"vae": progress.history},
+        "wall_seconds": round(progress.seconds, 1),
+    }
+
+
+def load_vae_stage(folder: Path, preset: LabPreset) -> tuple[AutoencoderKLWan, dict[str, Any], LabPreset]:
+    """The finished autoencoder of a stage-1 folder and its record, checked to fit ``preset``, and ``preset``
+    with the autoencoder's training hyper-parameters as they were (what the model's record must show)."""
+    record = json.loads((folder / TRAINING_FILE).read_text())
+    if record.get("stage") != "vae":
+        raise ValueError(f"{folder} is not an autoencoder written by --stage vae")
+    if not record["finished"]:
+        raise ValueError(
+            f"the autoencoder in {folder} is unfinished ({record['steps_done']}/{record['vae_steps']} steps)"
+        )
+    if record["data_version"] != DATA_VERSION:
+        raise ValueError(f"{folder} was trained on world {record['data_version']}; this lab renders {DATA_VERSION}")
+    recorded = record["preset"]
+    for part in ("world", "vae"):
+        if recorded[part] != preset.as_dict()[part]:
+            raise ValueError(f"{folder} was trained with another {part} than preset {preset.name}'s")
+    vae = AutoencoderKLWan.from_pretrained(folder / VAE_FOLDER).eval().requires_grad_(False)
+    trained_with = {name: value for name, value in recorded["training"].items() if name.startswith("vae_")}
+    return vae, record, preset.with_training(**trained_with)
+
+
+def _transformer_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[str, Any]:
+    """Stage 2: train a transformer on the autoencoder of ``options.vae_from``."""
+    assert options.vae_from is not None  # validated
+    streams = Streams.seeded(options.seed)
+    components = build_lab_components(preset, options.seed)
+    vae, vae_record, preset = load_vae_stage(options.vae_from, preset)
+    components.vae = vae.to(options.device)
+    fingerprint = hashlib.sha256((options.vae_from / VAE_WEIGHTS).read_bytes()).hexdigest()
+    identity = _identity("transformer", options, preset=preset.as_dict(), vae_sha256=fingerprint)
+    checkpointing = _checkpointing(out, options, identity)
+    metadata = _train_transformer(preset, options, components, streams, vae_record, checkpointing)
+    if metadata["finished"]:
+        metadata["vae_from"] = str(options.vae_from)
+        save_lab_model(components, out, default_size=preset.frame_size, metadata=metadata)
+    return metadata
+
+
+def _train_transformer(
+    preset: LabPreset,
+    options: RunOptions,
+    components: TinyComponents,
+    streams: Streams,
+    vae_record: dict[str, Any],
+    checkpointing: Checkpointing | None,
+) -> dict[str, Any]:
+    """Encode the pool with ``components.vae`` and train the transformer (the one-shot run's second half and
+    stage 2); moves the components back to the CPU and returns the model's ``training.json``."""
+    config = preset.training
+    device = torch.device(options.device)
+    assert streams.generator is not None  # seeded streams carry the noise generator
     encoder = components.prompt_encoder()
     encoder.text_encoder.to(device)
     clip_frames = video_frame_count(config.clip_chunks * FRAMES_PER_BLOCK)
-    pool = build_pool(vae, encoder, preset.world, scene_seeds(rng, config.pool_clips), clip_frames, device, True)
-
+    vae = components.vae
+    pool = build_pool(
+        vae, encoder, preset.world, scene_seeds(streams.rng, config.pool_clips), clip_frames, device, True
+    )
     model = CausalWanTransformer(components.transformer.to(device), preset.text_len, "sdpa")
-    transformer_progress = train_transformer(model, pool, config, rng, generator, dtype, options.log_every)
-
+    progress = train_transformer(
+        model,
+        pool,
+        config,
+        streams.rng,
+        streams.generator,
+        resolve_dtype(options.dtype),
+        options.log_every,
+        checkpointing,
+    )
     components.vae, components.transformer = vae.cpu(), model.base.cpu()
     components.text_encoder = components.text_encoder.cpu()
-    metadata = {
+    return {
         "command": options.command,
+        "finished": progress.done == progress.total,
         "seed": options.seed,
         "preset": preset.as_dict(),
         "data_version": DATA_VERSION,
@@ -113,6 +291,7 @@ def train_lab_model(preset: LabPreset, out: str | Path, options: RunOptions) -> 
         "default_size": list(preset.frame_size),
         "vae_steps": config.vae_steps,
         "steps": config.steps,
+        "steps_done": progress.done,
         "context_noise_aug": config.context_noise_aug,
         "pool_clips": len(pool),
         "device": options.device,
@@ -127,14 +306,13 @@ def train_lab_model(preset: LabPreset, out: str | Path, options: RunOptions) -> 
         "latents_mean": list(vae.config.latents_mean),
         "latents_std": list(vae.config.latents_std),
         "losses": {
-            **{f"vae_{name}": value for name, value in vae_progress.final().items()},
-            **{f"transformer_{name}": value for name, value in transformer_progress.final().items()},
+            **vae_record["losses"],
+            **{f"transformer_{name}": value for name, value in progress.final().items()},
         },
-        "history": {"vae": vae_progress.history, "transformer": transformer_progress.history},
-        "wall_seconds": round(time.perf_counter() - started, 1),
+        "history": {"vae": vae_record["history"]["vae"], "transformer": progress.history},
+        "stage_seconds": {"vae": vae_record["wall_seconds"], "transformer": round(progress.seconds, 1)},
+        "wall_seconds": round(vae_record["wall_seconds"] + progress.seconds, 1),
     }
-    save_lab_model(components, out, default_size=preset.frame_size, metadata=metadata)
-    return metadata
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -146,6 +324,27 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--preset", default="smoke", choices=sorted(PRESETS), help="model and training preset")
     parser.add_argument("--seed", type=int, default=0, help="seeds weights, training scenes and noise")
     parser.add_argument("--out", required=True, type=Path, help="model folder to write")
+    parser.add_argument(
+        "--stage",
+        default="all",
+        choices=STAGES,
+        help="all: both stages in one run (default); vae: the autoencoder alone; transformer: a transformer on "
+        "the autoencoder of --vae-from",
+    )
+    parser.add_argument("--vae-from", type=Path, default=None, help="folder written by --stage vae (stage transformer)")
+    parser.add_argument("--resume", type=Path, default=None, help="continue a staged run from this checkpoint")
+    parser.add_argument(
+        "--checkpoint-minutes",
+        type=float,
+        default=5.0,
+        help="a staged run writes OUT/checkpoint.pt this often, and at the end (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--stop-after",
+        type=int,
+        default=None,
+        help="staged runs: checkpoint and stop after this many steps of this run",
+    )
     parser.add_argument("--steps-vae", type=int, default=None, help="autoencoder steps (default: the preset's)")
     parser.add_argument("--steps", type=int, default=None, help="transformer steps (default: the preset's)")
     parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu or cuda")
@@ -182,12 +381,21 @@ def main(argv: Sequence[str] | None = None) -> int:
         log_every=args.log_every,
         threads=args.threads,
         command=shlex.join(["python", "-m", "drift_lab.train", *arguments]),
+        stage=args.stage,
+        vae_from=args.vae_from,
+        resume=args.resume,
+        checkpoint_minutes=args.checkpoint_minutes,
+        stop_after=args.stop_after,
     )
     try:
         metadata = train_lab_model(get_preset(args.preset), args.out, options)
     except ValueError as error:
         print(f"error: {error}", file=sys.stderr)
         return 2
+    if not metadata["finished"]:
+        checkpoint = args.out / CHECKPOINT_FILE
+        print(f"stopped after step {metadata['steps_done']}; continue with --resume {checkpoint}", file=sys.stderr)
+        return 0
     losses = ", ".join(f"{name} {value:.5f}" for name, value in metadata["losses"].items())
     print(f"wrote {args.out} in {metadata['wall_seconds']} s ({losses})", file=sys.stderr)
     return 0

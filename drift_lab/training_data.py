@@ -15,7 +15,7 @@ from diffusers import AutoencoderKLWan
 
 from drift_lab.latents import encode_raw, latent_statistics, normalise_latents, register_latent_statistics
 from drift_lab.rollout import EVALUATION_SEED_OFFSET
-from drift_lab.world import WorldSpec, render, sample_scene
+from drift_lab.world import WorldSpec, render, sample_scene, shape_masks
 from tokentrim_server.models.text_encoder import PromptEncoder
 from tokentrim_server.pipelines.schedule import add_noise
 
@@ -29,16 +29,21 @@ def scene_seeds(rng: np.random.Generator, count: int) -> list[int]:
 
 @dataclass
 class Clips:
-    """Rendered world clips and their captions."""
+    """Rendered world clips, where their objects are, and their captions."""
 
     frames: np.ndarray  # uint8 [B, T, H, W, 3]
     captions: list[str]
+    objects: np.ndarray  # bool [B, T, H, W]: pixels covered by any object
 
 
 def render_clips(world: WorldSpec, seeds: list[int], frames: int, start: int = 0) -> Clips:
     """Clips of ``frames`` frames of scenes ``seeds`` from world frame ``start``."""
     scenes = [sample_scene(seed, world) for seed in seeds]
-    return Clips(np.stack([render(scene, start, frames) for scene in scenes]), [scene.caption for scene in scenes])
+    return Clips(
+        np.stack([render(scene, start, frames) for scene in scenes]),
+        [scene.caption for scene in scenes],
+        np.stack([shape_masks(scene, start, frames).any(axis=0) for scene in scenes]),
+    )
 
 
 @dataclass

@@ -26,7 +26,16 @@ import torch
 
 from drift_lab.model import FRAMES_PER_BLOCK, TrainingConfig
 from drift_lab.training_data import ClipPool, noised
-from drift_lab.training_loop import Progress, autocast, make_optimizer, optimizer_step, training_mode
+from drift_lab.training_loop import (
+    Checkpointing,
+    Progress,
+    Streams,
+    autocast,
+    make_optimizer,
+    optimizer_step,
+    run_steps,
+    training_mode,
+)
 from tokentrim_server.models.causal_wan import CausalWanTransformer, TextContext
 from tokentrim_server.models.rope import apply_rotary
 from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
@@ -146,22 +155,25 @@ def train_transformer(
     generator: torch.Generator,
     dtype: torch.dtype,
     log_every: int,
+    checkpointing: Checkpointing | None = None,
 ) -> Progress:
-    """Train ``model.base`` in place for ``config.steps`` steps on batches from ``pool``; returns the progress."""
+    """Train ``model.base`` in place for ``config.steps`` steps on batches from ``pool``; returns the progress
+    (``done`` < ``total`` when ``checkpointing`` stopped it early)."""
     device = model.device
-    steps = config.steps
     chunks = pool.latents.shape[1] // FRAMES_PER_BLOCK
-    progress = Progress("transformer", steps, log_every)
+
+    def step(index: int) -> dict[str, float]:
+        latents, prompts = pool.batch(rng, config.batch)
+        timesteps, context = draw_timesteps(config.batch, chunks, config.context_noise_aug, generator)
+        with autocast(device, dtype):
+            loss = clip_loss(model, latents, model.text_context(prompts), timesteps, context, generator)
+        optimizer_step(loss, model.base, optimizer, scheduler, config.grad_clip)
+        return {"x0_mse": loss.item()}
+
     with training_mode(model.base):
         # After training_mode: the optimiser takes the parameters it made trainable.
         optimizer, scheduler = make_optimizer(
-            model.base, config.lr, config.weight_decay, config.warmup_steps, steps, config.min_lr_ratio
+            model.base, config.lr, config.weight_decay, config.warmup_steps, config.steps, config.min_lr_ratio
         )
-        for step in range(steps):
-            latents, prompts = pool.batch(rng, config.batch)
-            timesteps, context = draw_timesteps(config.batch, chunks, config.context_noise_aug, generator)
-            with autocast(device, dtype):
-                loss = clip_loss(model, latents, model.text_context(prompts), timesteps, context, generator)
-            optimizer_step(loss, model.base, optimizer, scheduler, config.grad_clip)
-            progress.log(step, {"x0_mse": loss.item()})
-    return progress
+        progress = Progress("transformer", config.steps, log_every)
+        return run_steps(progress, model.base, optimizer, scheduler, Streams(rng, generator), step, checkpointing)

@@ -11,8 +11,13 @@ and a CPU budget is a few hundred steps. The guide asks the first 12 latent chan
 colours pooled over 4x4 pixels, space-to-depth packed into the 8x8 latent cell (and, in time, the first frame
 alone, then each group of four frames averaged, the VAE's own grouping). That gives the encoder a direct
 target from step one and the decoder informative latents to learn from; the weight decays linearly to 0, so
-by the end reconstruction alone shapes the latent space. Both MSE (not L1) and the guide were chosen in the
-feasibility runs: with L1 the median-seeking reconstruction ignores the few-percent object pixels longest.
+by the end (or by ``vae_guide_fraction`` of the steps) reconstruction alone shapes the latent space. Both
+MSE (not L1) and the guide were chosen in the feasibility runs: with L1 the median-seeking reconstruction
+ignores the few-percent object pixels longest.
+
+Objects are a few percent of the pixels, and what the lab measures is whether they survive, so their pixels
+may weigh more in the reconstruction loss (``vae_object_weight``; 1 is plain MSE). Without it the cheapest
+error to leave is a small object blurred into its background, which is exactly an object lost.
 
 Clips are short (``vae_clip_frames`` = 1 + 4k) and may be random crops (``vae_crop``): convolutions are
 translation-equivariant, so a crop trains the same kernels at a fraction of the cost. k >= 2 lets the
@@ -30,7 +35,16 @@ from diffusers.models.autoencoders.autoencoder_kl_wan import WanCausalConv3d
 from drift_lab.latents import TEMPORAL_SCALE, pixels_to_vae_input
 from drift_lab.model import VAE_SPATIAL_SCALE, TrainingConfig
 from drift_lab.training_data import Clips, render_clips, scene_seeds
-from drift_lab.training_loop import Progress, autocast, make_optimizer, optimizer_step, training_mode
+from drift_lab.training_loop import (
+    Checkpointing,
+    Progress,
+    Streams,
+    autocast,
+    make_optimizer,
+    optimizer_step,
+    run_steps,
+    training_mode,
+)
 from drift_lab.world import WorldSpec
 
 GUIDE_POOL = VAE_SPATIAL_SCALE // 2  # 4x4-pixel colour cells, 2x2 of them per latent cell
@@ -65,19 +79,28 @@ def latent_guide(x: torch.Tensor) -> torch.Tensor:
 
 
 def vae_losses(
-    vae: AutoencoderKLWan, x: torch.Tensor, kl_weight: float, guide_weight: float, teacher: float
+    vae: AutoencoderKLWan,
+    x: torch.Tensor,
+    kl_weight: float,
+    guide_weight: float,
+    teacher: float,
+    pixel_weights: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """Training loss of one batch ``x`` ``[B, 3, T, H, W]`` in ``[-1, 1]``, and its parts for logging.
 
     ``teacher`` in ``[0, 1]`` blends the guide target into the guided latent channels the decoder reads
-    (1: the decoder reads the target itself, 0: a plain autoencoder).
+    (1: the decoder reads the target itself, 0: a plain autoencoder). ``pixel_weights`` ``[B, 1, T, H, W]``
+    make the reconstruction a weighted mean (None: the plain mean).
     """
     posterior = vae.encode(x).latent_dist
     mean, logvar = posterior.mean.float(), posterior.logvar.float()
     target = latent_guide(x.float())
     guided = teacher * target + (1.0 - teacher) * mean[:, :GUIDE_CHANNELS]
     decoded = decode_differentiable(vae, torch.cat([guided, mean[:, GUIDE_CHANNELS:]], dim=1).to(posterior.mean.dtype))
-    reconstruction = (decoded.float() - x.float()).square().mean()
+    error = (decoded.float() - x.float()).square()
+    reconstruction = (
+        error.mean() if pixel_weights is None else (error * pixel_weights).sum() / (pixel_weights.sum() * x.shape[1])
+    )
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
     guide = (mean[:, :GUIDE_CHANNELS] - target).square().mean()
     loss = reconstruction + kl_weight * kl + guide_weight * guide
@@ -93,7 +116,23 @@ def random_crops(clips: Clips, size: int | None, rng: np.random.Generator) -> Cl
     rows = rng.integers(0, (height - size) // VAE_SPATIAL_SCALE + 1, size=batch) * VAE_SPATIAL_SCALE
     columns = rng.integers(0, (width - size) // VAE_SPATIAL_SCALE + 1, size=batch) * VAE_SPATIAL_SCALE
     windows = [clip[:, r : r + size, c : c + size] for clip, r, c in zip(clips.frames, rows, columns, strict=True)]
-    return Clips(np.stack(windows), clips.captions)
+    objects = [mask[:, r : r + size, c : c + size] for mask, r, c in zip(clips.objects, rows, columns, strict=True)]
+    return Clips(np.stack(windows), clips.captions, np.stack(objects))
+
+
+def object_weights(objects: np.ndarray, weight: float, device: torch.device) -> torch.Tensor | None:
+    """Per-pixel loss weights ``[B, 1, T, H, W]``: ``weight`` on object pixels, 1 elsewhere (None for 1)."""
+    if weight == 1.0:  # the plain mean, so presets without object weighting keep their exact numbers
+        return None
+    return (1.0 + (weight - 1.0) * torch.from_numpy(objects).float())[:, None].to(device)
+
+
+def schedule_weights(config: TrainingConfig, step: int) -> tuple[float, float]:
+    """The guide's weight and the teacher blend at ``step``: linear decays over their fractions of the run."""
+    fraction = step / config.vae_steps
+    guide_weight = config.vae_guide_weight * max(0.0, 1.0 - fraction / config.vae_guide_fraction)
+    teacher = max(0.0, 1.0 - fraction / config.vae_teacher_fraction) if config.vae_teacher_fraction else 0.0
+    return guide_weight, teacher
 
 
 def train_vae(
@@ -103,24 +142,26 @@ def train_vae(
     rng: np.random.Generator,
     dtype: torch.dtype,
     log_every: int,
+    checkpointing: Checkpointing | None = None,
 ) -> Progress:
-    """Train ``vae`` in place for ``config.vae_steps`` steps on fresh world clips; returns the logged progress."""
+    """Train ``vae`` in place for ``config.vae_steps`` steps on fresh world clips; returns the logged progress
+    (``done`` < ``total`` when ``checkpointing`` stopped it early)."""
     device = vae.device
     steps = config.vae_steps
-    progress = Progress("vae", steps, log_every)
+
+    def step(index: int) -> dict[str, float]:
+        clips = random_crops(render_clips(world, scene_seeds(rng, config.vae_batch), config.vae_clip_frames),
+                             config.vae_crop, rng)  # fmt: skip
+        x = pixels_to_vae_input(clips.frames, device, torch.float32)
+        guide_weight, teacher = schedule_weights(config, index)
+        weights = object_weights(clips.objects, config.vae_object_weight, device)
+        with autocast(device, dtype):
+            loss, parts = vae_losses(vae, x, config.vae_kl_weight, guide_weight, teacher, weights)
+        optimizer_step(loss, vae, optimizer, scheduler, config.grad_clip)
+        return parts
+
     with training_mode(vae):
         # After training_mode: the optimiser takes the parameters it made trainable.
         optimizer, scheduler = make_optimizer(vae, config.vae_lr, 0.0, max(1, steps // 20), steps, config.min_lr_ratio)
-        for step in range(steps):
-            clips = render_clips(world, scene_seeds(rng, config.vae_batch), config.vae_clip_frames)
-            x = pixels_to_vae_input(random_crops(clips, config.vae_crop, rng).frames, device, torch.float32)
-            progress_fraction = step / steps
-            guide_weight = config.vae_guide_weight * (1.0 - progress_fraction)
-            teacher = (
-                max(0.0, 1.0 - progress_fraction / config.vae_teacher_fraction) if config.vae_teacher_fraction else 0.0
-            )
-            with autocast(device, dtype):
-                loss, parts = vae_losses(vae, x, config.vae_kl_weight, guide_weight, teacher)
-            optimizer_step(loss, vae, optimizer, scheduler, config.grad_clip)
-            progress.log(step, parts)
-    return progress
+        progress = Progress("vae", steps, log_every)
+        return run_steps(progress, vae, optimizer, scheduler, Streams(rng), step, checkpointing)

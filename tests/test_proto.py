@@ -1,4 +1,4 @@
-"""The API's generated code never goes stale, and the .proto files stay lint-clean under buf."""
+"""The API's generated code never goes stale, the .proto files stay lint-clean under buf, and v1 only grows."""
 
 from __future__ import annotations
 
@@ -28,4 +28,15 @@ def test_buf_lint_is_clean():
     if buf is None:
         pytest.skip(f"buf not found: {BUF_HINT}")
     result = subprocess.run([buf, "lint"], cwd=ROOT / "proto", capture_output=True, text=True)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_api_stays_backward_compatible():
+    """buf breaking against the last released v1 (tests/data/proto-baseline): fields are only ever added."""
+    buf = buf_binary()
+    if buf is None:
+        pytest.skip(f"buf not found: {BUF_HINT}")
+    baseline = ROOT / "tests" / "data" / "proto-baseline"
+    result = subprocess.run([buf, "breaking", "--against", str(baseline)], cwd=ROOT / "proto", capture_output=True,
+                            text=True)
     assert result.returncode == 0, result.stdout + result.stderr

@@ -57,7 +57,9 @@ class BytesSession:
 
 @pytest.fixture(scope="module")
 def server(tiny_bundle):
-    flags = ("--max-sessions", "1", "--max-denoising-steps", "6", "--max-hook-iterations", "2")
+    # Not holding sessions for a resume: these tests end calls on purpose and check the slot is free at once.
+    flags = ("--max-sessions", "1", "--max-denoising-steps", "6", "--max-hook-iterations", "2",
+             "--resume-hold-seconds", "0")
     with ServerThread(tiny_bundle, *flags) as running:
         yield running
 
@@ -226,7 +228,9 @@ def test_the_model_is_published_by_name_never_by_path(tiny_bundle, tmp_path):
     folder = tmp_path / "private-mount" / "wan-lab-model"
     with ServerThread(tiny_bundle, "--model", str(folder)) as server:
         info = server.stub.GetServerInfo(pb.GetServerInfoRequest())
-        started = RawSession(server.stub, start(chunks=1)).next().started
+        session = RawSession(server.stub, start(chunks=1))
+        started = session.next().started
+        assert len(list(session.chunks())) == 1
         metrics = urllib.request.urlopen(f"http://127.0.0.1:{server.server.metrics_port}/metrics").read().decode()
         server.wait_idle()
     assert info.model == started.model == "wan-lab-model"

@@ -91,8 +91,11 @@ def test_tls(tiny_bundle, tmp_path):
 
 
 def test_vanishing_clients_free_everything(tiny_bundle):
-    """Sessions cut off mid-chunk, mid-stream or while opening leave no cache, reservation or gauge behind."""
-    with ServerThread(tiny_bundle, "--max-sessions", "8") as server:
+    """Sessions cut off mid-chunk, mid-stream or while opening leave no cache, reservation or gauge behind.
+
+    Without holding for a resume; a held session frees the same once its hold expires (test_session_resume).
+    """
+    with ServerThread(tiny_bundle, "--max-sessions", "8", "--resume-hold-seconds", "0") as server:
         baseline = live_caches()
         for round_ in range(6):
             sessions = [RawSession(server.stub, start(chunks=0, seed=round_ * 10 + i, initial_credits=4))

@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterator
 
 import pytest
-from gateway_support import GatewayThread
 
+from tests.gateway.gateway_support import GatewayThread
 from tokentrim_server.server.background import BackgroundServer
 
 

@@ -12,8 +12,8 @@ from typing import Any
 
 import av
 import pytest
-from gateway_support import GatewayThread, chromium, http_get, wait_until
 
+from tests.gateway.gateway_support import GatewayThread, chromium, http_get, wait_until
 from tokentrim_server.server.background import BackgroundServer
 
 SIZE = 64  # small enough for fast chunks, large enough for the video encoder and the screenshot

@@ -14,9 +14,10 @@ from typing import Any
 
 import pytest
 import yaml
-from gateway_support import GatewayThread, http_get
 from tokentrim_gateway.config import GatewayConfig, load_config
 from tokentrim_gateway.metrics import GatewayMetrics
+
+from tests.gateway.gateway_support import GatewayThread, http_get
 
 REPO = Path(__file__).resolve().parents[2]
 DEPLOY = REPO / "deploy"

@@ -8,9 +8,9 @@ import urllib.request
 from pathlib import Path
 
 import pytest
-from gateway_support import GatewayThread, http_get
 from tokentrim_gateway.config import ConfigError, build_parser, load_config
 
+from tests.gateway.gateway_support import GatewayThread, http_get
 from tokentrim_server.server.background import BackgroundServer
 
 DOCS = Path(__file__).resolve().parents[2] / "docs" / "gateway.md"

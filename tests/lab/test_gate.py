@@ -7,8 +7,10 @@ import math
 
 import pytest
 
-from drift_lab.gate import CHECKS, free_rollout_values, main, verdict
+from drift_lab.gate import CHECKS, OBJECT_CHECKS, free_rollout_values, main, reconstruct, verdict
 from drift_lab.measure import measure
+from drift_lab.model import PRESETS, build_lab_components
+from drift_lab.rollout import chunk_first_frame
 from drift_lab.world import WorldSpec, render, sample_scene
 from lab.lab_support import random_lab_folder
 
@@ -54,3 +56,26 @@ def test_gate_command_fails_an_untrained_model(tmp_path, capsys):
     assert result["pass"] is False and result["seeds"] == 1
     assert set(result["checks"]) == {check.metric for check in CHECKS}
     assert result["checks"]["teacher_forced_psnr"]["value"] < 25.0
+
+
+def test_autoencoder_gate_command_runs_end_to_end(tmp_path, capsys):
+    """``--vae-only`` on a micro folder: every object check is reported with its threshold and verdict (an
+    untrained autoencoder fails; what is tested is the plumbing, not a pass)."""
+    folder = random_lab_folder(tmp_path)
+    assert main([str(folder), "--vae-only", "--seeds", "2", "--json"]) == 1
+    result = json.loads(capsys.readouterr().out)
+    assert result["gate"] == "autoencoder" and result["seeds"] == 2 and result["pass"] is False
+    assert list(result["checks"]) == [check.metric for check in OBJECT_CHECKS] == ["count_error", "colour_error",
+                                                                                  "survival"]  # fmt: skip
+    assert main([str(folder), "--vae-only", "--seeds", "1"]) == 1
+    table = capsys.readouterr().out
+    assert table.startswith("autoencoder gate of untrained (1 seeds, clip of 3 chunks)")
+    assert "survival" in table and "> 0.99" in table and table.rstrip().endswith("FAIL")
+
+
+def test_reconstruction_of_an_autoencoder_is_the_whole_clip():
+    """The gate measures every frame of the clip: encoding then streaming decoding keeps the frame count."""
+    preset = PRESETS["micro"]
+    vae = build_lab_components(preset, 0).vae
+    frames = render(sample_scene(1, preset.world), 0, chunk_first_frame(3))
+    assert reconstruct(vae, frames).shape == frames.shape

@@ -25,14 +25,14 @@ def test_lab_model_streams_through_the_server(folder: Path) -> None:
     height, width = bundle.default_size
     # A caption of the world the model was trained on, at the size it was trained at (the server's default).
     caption = sample_scene(7, WorldSpec(height=height, width=width)).caption
-    server = ServerThread(bundle, "--default-policy", "tokentrim")
+    server = ServerThread(bundle, "--model", str(folder), "--default-policy", "tokentrim")
     try:
         with Client(server.target) as client:
             info = client.server_info()
             result = client.generate(caption, chunks=3, seed=7, encoding="raw")
     finally:
         server.close()
-    assert info.model == str(folder)
+    assert info.model == folder.name  # the public name: the folder's, never its path
     assert result.ended is not None
     frames = result.frames
     assert frames is not None

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+from pathlib import Path
 
 import pytest
 
 from drift_lab.analysis import arm_row, arm_rows, conclusions, describe_interval
 from drift_lab.arms import arm_names
 from drift_lab.experiment import METRICS, ExperimentConfig, RolloutSummary
-from drift_lab.report import main
+from drift_lab.report import TRAINING_GUIDE, main
 from drift_lab.statistics import Interval
 from lab.lab_support import random_lab_folder
 
@@ -129,3 +130,11 @@ def test_report_command_end_to_end_on_the_smoke_setting(tmp_path, capsys):
     # 2x a 3-chunk clip from one prefilled chunk: chunks 1..5, the late horizon from chunk 3.
     assert all(r["chunk_indices"] == [1, 2, 3, 4, 5] for r in raw["rollouts"])
     assert all(r["equals_control"] is True for r in raw["rollouts"] if r["arm"] == "regenerate")
+
+
+def test_the_committed_report_carries_the_cpu_training_guide_verbatim():
+    """The one hand-written section is copied into the report, so regenerating the report keeps it; the
+    committed report must hold its current text."""
+    guide = TRAINING_GUIDE.read_text()
+    assert guide.startswith("## Training on the CPU\n")
+    assert guide in (Path(__file__).resolve().parents[2] / "docs" / "drift-lab.md").read_text()

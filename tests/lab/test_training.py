@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import json
 from pathlib import Path
@@ -12,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from drift_lab.model import PRESETS, TrainingConfig, build_lab_components
-from drift_lab.train import RunOptions, main, train_lab_model
+from drift_lab.train import CHECKPOINT_FILE, RunOptions, main, train_lab_model
 from drift_lab.training_data import ClipPool, encode_prompts, render_clips
 from drift_lab.training_loop import warmup_cosine
 from drift_lab.training_transformer import (
@@ -21,7 +22,7 @@ from drift_lab.training_transformer import (
     teacher_forced_flows,
     train_transformer,
 )
-from drift_lab.training_vae import latent_guide, random_crops
+from drift_lab.training_vae import latent_guide, object_weights, random_crops
 from drift_lab.world import DATA_VERSION, sample_scene
 from tokentrim_server.loading.model import ModelSpec, load_model
 from tokentrim_server.models.causal_wan import CausalWanTransformer
@@ -202,3 +203,121 @@ def test_loss_decreases_when_overfitting_a_fixed_batch() -> None:
     assert after < 0.85 * before, f"x0 loss {before:.4f} -> {after:.4f}"
     assert progress.history[-1]["x0_mse"] < progress.history[0]["x0_mse"]
     assert not any(p.requires_grad for p in model.parameters())  # frozen again for the server
+
+
+def _tensors(state: object, prefix: str = "") -> dict[str, torch.Tensor]:
+    """Every tensor in a nested checkpoint state, by path."""
+    if isinstance(state, torch.Tensor):
+        return {prefix: state}
+    if isinstance(state, dict):
+        items = state.items()
+    elif isinstance(state, list | tuple):
+        items = enumerate(state)
+    else:
+        return {}
+    return {path: t for key, value in items for path, t in _tensors(value, f"{prefix}/{key}").items()}
+
+
+def _assert_identical(first: dict[str, torch.Tensor], second: dict[str, torch.Tensor]) -> None:
+    assert first.keys() == second.keys() and first
+    different = [k for k in first if not torch.equal(first[k], second[k])]
+    assert not different, f"tensors differ: {different[:5]}"
+
+
+def _without_seconds(history: list[dict[str, float]]) -> list[dict[str, float]]:
+    return [{k: v for k, v in entry.items() if k != "seconds"} for entry in history]
+
+
+def _interrupted_and_resumed(out: Path, options: RunOptions, stop_after: int) -> dict:
+    """Run ``options`` for ``stop_after`` steps into ``out``, then resume it from its checkpoint to the end."""
+    stopped = train_lab_model(MICRO, out, dataclasses.replace(options, stop_after=stop_after))
+    assert not stopped["finished"] and stopped["steps_done"] == stop_after
+    checkpoint = out / CHECKPOINT_FILE
+    assert checkpoint.is_file() and not checkpoint.with_name(CHECKPOINT_FILE + ".tmp").exists()
+    return train_lab_model(MICRO, out, dataclasses.replace(options, resume=checkpoint))
+
+
+@pytest.fixture(scope="module")
+def vae_stage(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunOptions]:
+    """A finished 5-step micro autoencoder (stage 1) and the options that trained it."""
+    out = tmp_path_factory.mktemp("stage") / "vae"
+    options = RunOptions(seed=3, vae_steps=5, log_every=2, stage="vae")
+    record = train_lab_model(MICRO, out, options)
+    assert record["finished"] and record["steps_done"] == 5 and record["stage"] == "vae"
+    return out, options
+
+
+def test_resumed_vae_stage_equals_an_uninterrupted_run(vae_stage, tmp_path: Path) -> None:
+    full, options = vae_stage
+    record = _interrupted_and_resumed(tmp_path / "resumed", options, stop_after=3)  # mid log window
+    assert record["finished"] and record["steps_done"] == 5
+    resumed = tmp_path / "resumed"
+    weights = "vae/diffusion_pytorch_model.safetensors"
+    _assert_identical(load_file(full / weights), load_file(resumed / weights))
+    # Optimiser moments, scheduler and random streams too: a further resume would also continue identically.
+    first, second = (torch.load(folder / CHECKPOINT_FILE, weights_only=True) for folder in (full, resumed))
+    _assert_identical(_tensors(first), _tensors(second))
+    assert first["random"]["numpy"] == second["random"]["numpy"]
+    assert first["scheduler"] == second["scheduler"]
+    full_history = json.loads((full / "training.json").read_text())["history"]["vae"]
+    assert _without_seconds(record["history"]["vae"]) == _without_seconds(full_history)
+
+
+def test_resumed_transformer_stage_equals_an_uninterrupted_run(vae_stage, tmp_path: Path) -> None:
+    vae_folder, _ = vae_stage
+    options = RunOptions(seed=4, steps=4, log_every=10, stage="transformer", vae_from=vae_folder)
+    full = train_lab_model(MICRO, tmp_path / "full", options)
+    resumed = _interrupted_and_resumed(tmp_path / "resumed", options, stop_after=2)
+    assert full["finished"] and resumed["finished"]
+    _assert_identical(_weights(tmp_path / "full"), _weights(tmp_path / "resumed"))
+    assert resumed["losses"] == full["losses"] and resumed["vae_from"] == str(vae_folder)
+    assert resumed["stage_seconds"]["vae"] == json.loads((vae_folder / "training.json").read_text())["wall_seconds"]
+
+
+def test_staged_cli_writes_a_loadable_model_on_the_given_autoencoder(vae_stage, tmp_path: Path) -> None:
+    vae_folder, _ = vae_stage
+    out = tmp_path / "model"
+    arguments = ["--preset", "micro", "--seed", "5", "--out", str(out), "--stage", "transformer"]
+    assert main([*arguments, "--vae-from", str(vae_folder), "--steps", "2", "--log-every", "1"]) == 0
+    metadata = json.loads((out / "training.json").read_text())
+    assert set(metadata["losses"]) >= {"vae_mse", "transformer_x0_mse"} and metadata["vae_steps"] == 5
+    bundle = load_model(ModelSpec(model=str(out)))
+    # The autoencoder is stage 1's (with the pool's latent statistics written into its config).
+    _assert_identical(bundle.vae.state_dict(), load_file(vae_folder / "vae/diffusion_pytorch_model.safetensors"))
+    assert bundle.vae.config.latents_mean == metadata["latents_mean"]
+
+
+def test_a_checkpoint_resumes_only_the_run_that_wrote_it(vae_stage, tmp_path: Path, capsys) -> None:
+    vae_folder, _ = vae_stage
+    checkpoint = str(vae_folder / CHECKPOINT_FILE)
+    arguments = ["--preset", "micro", "--stage", "vae", "--steps-vae", "5", "--out", str(tmp_path / "x")]
+    assert main([*arguments, "--seed", "9", "--resume", checkpoint]) == 2
+    assert "another run (different seed)" in capsys.readouterr().err
+    assert main([*arguments, "--seed", "3", "--steps-vae", "6", "--resume", checkpoint]) == 2
+    assert "another run (different autoencoder)" in capsys.readouterr().err
+    # The transformer's settings are not the autoencoder's business: its checkpoint still resumes.
+    assert main([*arguments, "--seed", "3", "--steps", "7", "--resume", checkpoint]) == 0
+    assert main(["--preset", "micro", "--out", str(tmp_path / "y"), "--resume", checkpoint]) == 2
+    assert "staged run" in capsys.readouterr().err
+
+
+def test_the_transformer_stage_refuses_an_unfinished_autoencoder(tmp_path: Path) -> None:
+    stopped = train_lab_model(MICRO, tmp_path / "vae", RunOptions(vae_steps=4, stage="vae", stop_after=1))
+    assert not stopped["finished"] and (tmp_path / "vae/vae/config.json").is_file()  # a snapshot to gate
+    with pytest.raises(ValueError, match=r"unfinished \(1/4 steps\)"):
+        train_lab_model(MICRO, tmp_path / "m", RunOptions(stage="transformer", vae_from=tmp_path / "vae"))
+
+
+def test_object_weights_follow_the_crop() -> None:
+    clips = render_clips(MICRO.world, [1, 2, 3], 5)
+    cropped = random_crops(clips, 16, np.random.default_rng(0))
+    for full, crop, full_objects, objects in zip(clips.frames, cropped.frames, clips.objects, cropped.objects,
+                                                 strict=True):  # fmt: skip
+        windows = [(r, c) for r in range(0, 17, 8) for c in range(0, 17, 8)
+                   if np.array_equal(full[:, r : r + 16, c : c + 16], crop)]  # fmt: skip
+        assert any(np.array_equal(full_objects[:, r : r + 16, c : c + 16], objects) for r, c in windows)
+    assert object_weights(cropped.objects, 1.0, torch.device("cpu")) is None  # plain MSE, bit for bit
+    weights = object_weights(cropped.objects, 8.0, torch.device("cpu"))
+    assert weights is not None and weights.shape == (3, 1, 5, 16, 16)
+    assert torch.equal(weights == 8.0, torch.from_numpy(cropped.objects)[:, None])
+    assert torch.all((weights == 1.0) | (weights == 8.0))

@@ -138,6 +138,11 @@ class KVCache:
         self.length = int((self._token_frame[: self.length] < frame).sum())
         self._pending = 0
 
+    def to(self, device: torch.device) -> None:
+        """Move the buffers to ``device``, contents unchanged (the token bookkeeping lives on the CPU anyway)."""
+        for buffers in (self._k, self._v):
+            buffers[:] = [buffer.to(device) for buffer in buffers]
+
     def clear(self) -> None:
         """Free every buffer (the session is over)."""
         self._k.clear()

@@ -9,20 +9,30 @@ always calls :meth:`SessionDriver.finish`. Two activities run on the event loop:
   queues its rendering on the render worker, so rendering chunk k overlaps denoising chunk k+1;
 * :meth:`SessionDriver.chunks` hands out the chunks in order as their rendering completes.
 
-Whatever ends the session (done, stop, client gone, error, shutdown), :meth:`SessionDriver.finish` frees its
-device state after every job it queued, then releases its admission reservation. Errors are raised as they
-are (the transport decides what a client sees of them): a failure of the model, the policy or rendering
-ends :meth:`SessionDriver.chunks` with that exception; the reasons a session ends early have their own
-exceptions, :class:`SessionIdle` and :class:`SessionShutdown`.
+A transport whose client vanished can :meth:`SessionDriver.hold` the session instead of finishing it:
+production pauses (the chunks in flight still complete), the state moves off the accelerator, and a later
+:meth:`SessionDriver.resume` brings it back; :meth:`SessionDriver.chunks` then hands out again the chunks
+after the last one the client received (the last ``replay_chunks`` are kept), then new ones. Nothing about
+the generation changes, so the video is the one an uninterrupted session makes, bit for bit.
+
+Whatever ends the session (done, stop, client gone, error, shutdown, hold expired),
+:meth:`SessionDriver.finish` frees its device state after every job it queued, then releases its admission
+reservation. Errors are raised as they are (the transport decides what a client sees of them): a failure of
+the model, the policy or rendering ends :meth:`SessionDriver.chunks` with that exception; the reasons a
+session ends early have their own exceptions, :class:`SessionIdle`, :class:`SessionShutdown` and
+:class:`ReplayGap`.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections import deque
 from collections.abc import AsyncIterator, Callable
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Generic, Literal, TypeVar
+
+import torch
 
 from tokentrim_server.engine.admission import Admission, Reservation
 from tokentrim_server.engine.generation import ChunkStep, GenerationSession, SessionPlan
@@ -39,6 +49,13 @@ class SessionShutdown(Exception):
 
 class SessionIdle(Exception):
     """The session waited the idle timeout without credit."""
+
+
+class ReplayGap(Exception):
+    """A resume asked for chunks the session no longer keeps (or never delivered)."""
+
+
+PARKED = torch.device("cpu")  # where a held session's state waits
 
 
 @dataclass(frozen=True)
@@ -61,6 +78,7 @@ class SessionControl:
         self.idle_timeout = idle_timeout
         self.stopped = False
         self.requests_closed = False  # the client half-closed: it grants nothing more
+        self.held = False  # the client is gone for now: produce nothing, never time out
         self.shutdown = False
         self.error: BaseException | None = None
         self._changed = asyncio.Event()
@@ -82,6 +100,17 @@ class SessionControl:
         self.error = error
         self._changed.set()
 
+    def hold(self) -> None:
+        self.held = True
+        self._changed.set()
+
+    def resume(self, credits: int) -> None:
+        """A new call took over: its credit replaces the old call's, and it may send requests again."""
+        self.held = False
+        self.requests_closed = False
+        self.credits = min(credits, self.max_credits)
+        self._changed.set()
+
     def end_by_shutdown(self) -> None:
         self.shutdown = True
         self._changed.set()
@@ -93,20 +122,20 @@ class SessionControl:
     async def take_credit(self) -> bool:
         """Wait for one chunk of credit; ``False`` when the session is ending instead.
 
-        After a half-close, the credit left is all there will be. Raises :class:`SessionIdle` when nothing
-        happens within the idle timeout while there is no credit.
+        After a half-close, the credit left is all there will be. A held session waits for its resume. Raises
+        :class:`SessionIdle` when nothing happens within the idle timeout while there is no credit.
         """
         while True:
             if self.ending:
                 return False
-            if self.credits > 0:
+            if not self.held and self.credits > 0:
                 self.credits -= 1
                 return True
-            if self.requests_closed:
+            if not self.held and self.requests_closed:
                 return False
             self._changed.clear()
             try:
-                await asyncio.wait_for(self._changed.wait(), self.idle_timeout or None)
+                await asyncio.wait_for(self._changed.wait(), None if self.held else self.idle_timeout or None)
             except TimeoutError:
                 raise SessionIdle(
                     f"idle: no flow-control credit granted for {self.idle_timeout:g} s; the session was ended to "
@@ -121,6 +150,7 @@ class DeliveredChunk(Generic[P]):
     step: ChunkStep
     payload: P
     queue_wait_seconds: float  # waiting for the device worker
+    replayed: bool = False  # handed out before, again for a resumed client
 
 
 Render = Callable[[GenerationSession, ChunkStep], P]
@@ -131,7 +161,8 @@ class SessionDriver(Generic[P]):
     """One admitted session; :meth:`open`, then iterate :meth:`chunks`, and always :meth:`finish`.
 
     ``owner`` keys the session's jobs on the workers (their fair share, and the order of its clean-up);
-    ``max_chunks`` is where an unbounded session ends; ``on_released`` runs once everything is freed.
+    ``max_chunks`` is where an unbounded session ends (``None``: when stopped); ``replay_chunks`` how many of
+    the last chunks handed out are kept for a resumed client; ``on_released`` runs once everything is freed.
     """
 
     def __init__(
@@ -141,10 +172,11 @@ class SessionDriver(Generic[P]):
         control: SessionControl,
         workers: Workers,
         render: Render[P],
-        max_chunks: int,
+        max_chunks: int | None,
         admission: Admission,
         reservation: Reservation,
         on_released: Callable[[], None] | None = None,
+        replay_chunks: int = 0,
     ) -> None:
         self.owner = owner
         self.plan = plan
@@ -158,6 +190,11 @@ class SessionDriver(Generic[P]):
         self.generation: GenerationSession | None = None
         self._opening: Future[GenerationSession] | None = None
         self._outputs: asyncio.Queue[tuple[ChunkStep, float, asyncio.Future[P]] | None] = asyncio.Queue()
+        self._head: tuple[ChunkStep, float, asyncio.Future[P]] | None = None  # taken from the queue, not yet out
+        self._replay: deque[DeliveredChunk[P]] = deque(maxlen=replay_chunks)
+        self.delivered = 0  # chunks handed out (each once; replays not counted)
+        self._exhausted = False  # the producer is done and every chunk was handed out
+        self._ended_by_half_close = False
         self._producer: asyncio.Task[None] | None = None
         self._finished = False
 
@@ -171,15 +208,33 @@ class SessionDriver(Generic[P]):
         """Use ``prompt`` from the next chunk boundary on."""
         self._generation.request_prompt_change(prompt)
 
-    async def chunks(self) -> AsyncIterator[DeliveredChunk[P]]:
-        """The session's chunks in order, until it ends; then raises why it ended early, if it did."""
-        self._producer = asyncio.create_task(self._produce(), name=f"{self.owner}-producer")
-        while True:
-            item = await self._outputs.get()
-            if item is None:
-                break
-            step, waited, rendering = item
-            yield DeliveredChunk(step, await rendering, waited)
+    async def chunks(self, after: int | None = None) -> AsyncIterator[DeliveredChunk[P]]:
+        """The session's chunks in order from chunk ``after + 1`` (``None``: from the first), until it ends; then
+        raises why it ended early, if it did.
+
+        Chunks already handed out come again from the replay buffer (:class:`ReplayGap` when they are no longer
+        kept). The consumer may stop at any point (a dropped call): nothing is lost, the next call resumes.
+        """
+        if self._producer is None:
+            self._producer = asyncio.create_task(self._produce(), name=f"{self.owner}-producer")
+        self.check_replay(after)
+        wanted = 0 if after is None else after + 1
+        kept = self.delivered - len(self._replay)
+        for delivered in list(self._replay)[wanted - kept :]:
+            yield replace(delivered, replayed=True)
+        while not self._exhausted:
+            if self._head is None:
+                self._head = await self._outputs.get()  # cancellation-safe: nothing is taken then
+                if self._head is None:
+                    self._exhausted = True
+                    break
+            step, waited, rendering = self._head
+            payload = await asyncio.shield(rendering)  # a dropped call must not cancel the chunk's rendering
+            self._head = None
+            delivered = DeliveredChunk(step, payload, waited)
+            self._replay.append(delivered)
+            self.delivered += 1
+            yield delivered
         if self.control.error is not None:
             raise self.control.error
         if self.control.shutdown:
@@ -192,9 +247,42 @@ class SessionDriver(Generic[P]):
             return "completed"
         if self.control.stopped:
             return "stopped"
-        if self.control.requests_closed:
+        if self._ended_by_half_close:
             return "requests_closed"
         return "length_limit"
+
+    def check_replay(self, after: int | None) -> None:
+        """Raise :class:`ReplayGap` unless the chunks after chunk ``after`` can all be handed out (again)."""
+        wanted = 0 if after is None else after + 1
+        kept = self.delivered - len(self._replay)
+        if not kept <= wanted <= self.delivered:
+            raise ReplayGap(
+                f"chunk {wanted} cannot be sent again: {self.delivered} chunks were delivered and the last "
+                f"{len(self._replay)} are kept (limits.replay_chunks)"
+            )
+
+    @property
+    def resumable(self) -> bool:
+        """Whether a client could still want more of this session: it was neither stopped nor failed, and it has
+        chunks to come, or it ended only because its requests ended: over a connection that was reset, that
+        looks just like a half-close, so a client may still come back for the chunks it missed and more.
+        """
+        if self.generation is None or self._finished or self.control.ending:
+            return False
+        return not self._exhausted or self._ended_by_half_close
+
+    def hold(self) -> None:
+        """The client is gone for now: pause production and park the state off the accelerator."""
+        self.control.hold()
+        self._move_state(PARKED)
+
+    def resume(self, credits: int) -> None:
+        """A client is back: bring the state home, then produce again under ``credits``."""
+        self._move_state(self._generation.device)  # queued before the producer's next step (one owner's order)
+        self.control.resume(credits)
+        if self._exhausted and self._ended_by_half_close:  # it only paused: production starts again
+            self._exhausted = self._ended_by_half_close = False
+            self._producer = None
 
     def finish(self) -> None:
         """Stop producing and free everything the session holds, after every job it queued (idempotent)."""
@@ -224,6 +312,13 @@ class SessionDriver(Generic[P]):
         workers.render.submit(after_render_jobs, owner=owner, urgent=True)
 
     # ------------------------------------------------------------------ internals
+    def _move_state(self, device: torch.device) -> None:
+        generation = self._generation
+        if generation.device == PARKED:  # a CPU server has nowhere else to park it
+            return
+        self.workers.denoise.submit(generation.move_state, device, owner=self.owner)
+        self.workers.render.submit(generation.move_decoder_state, device, owner=self.owner)
+
     @property
     def _generation(self) -> GenerationSession:
         if self.generation is None:
@@ -239,6 +334,7 @@ class SessionDriver(Generic[P]):
                     self.workers.render.run(self.render, generation, step, owner=self.owner)
                 )
                 await self._outputs.put((step, waited, rendering))
+            self._ended_by_half_close = self.control.requests_closed and not self._at_end()
         except Exception as error:  # chunks() raises it; other sessions are untouched
             self.control.fail(error)
         finally:
@@ -246,4 +342,4 @@ class SessionDriver(Generic[P]):
 
     def _at_end(self) -> bool:
         stream = self._generation.runner.stream
-        return stream.done or stream.emitted >= self.max_chunks
+        return stream.done or (self.max_chunks is not None and stream.emitted >= self.max_chunks)

@@ -117,6 +117,22 @@ class GenerationSession:
         self.frames_emitted += latents.shape[1]
         return values
 
+    def move_state(self, device: torch.device) -> None:
+        """Move the stream's state (KV cache, text context, windows, the chunks a prompt switch re-encodes) to
+        ``device``; on the device worker. A held session parks it on the CPU and brings it back before its
+        next chunk: copies, so the continuation is bit-identical."""
+        self.runner.stream.to(device)
+        self._recent = deque(Chunk(c.index, c.frame_start, c.latents.to(device)) for c in self._recent)
+
+    def move_decoder_state(self, device: torch.device) -> None:
+        """Move the decoder's causal context to ``device``; on the render worker."""
+        if self.decoder is not None:
+            self.decoder.to(device)
+
+    @property
+    def device(self) -> torch.device:
+        return self.bundle.transformer.device
+
     def close(self) -> None:
         """Free the cache, the policy's and hooks' state and the decoder's context (idempotent)."""
         self.runner.close()

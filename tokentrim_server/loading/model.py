@@ -125,16 +125,22 @@ def load_model(spec: ModelSpec) -> ModelBundle:
 
 
 def _cast(model: WanTransformer3DModel, dtype: torch.dtype) -> WanTransformer3DModel:
-    """Cast to ``dtype`` but keep the modules diffusers marks float32-only (norms, time embedder, tables)."""
+    """Cast to ``dtype`` but keep the modules diffusers marks float32-only (norms, time embedder, tables).
+
+    Each tensor is cast once, straight to its final dtype: a kept module never passes through ``dtype`` on the
+    way (a round trip would leave, e.g., the rotary table float32 in name but rounded to bfloat16).
+    """
     if dtype == torch.float32:
         return model.float()
-    model.to(dtype)
-    for name, module in model.named_modules():
-        if any(part in name.split(".") for part in model._keep_in_fp32_modules):
-            module.float()
-    for name, parameter in model.named_parameters():
-        if name.split(".")[-1] in model._keep_in_fp32_modules:
-            parameter.data = parameter.data.float()
+    kept = tuple(model._keep_in_fp32_modules)
+    for module_name, module in model.named_modules():
+        keep_module = any(part in module_name.split(".") for part in kept)
+        for name, parameter in module.named_parameters(recurse=False):
+            if parameter.is_floating_point():
+                parameter.data = parameter.data.to(torch.float32 if keep_module or name in kept else dtype)
+        for name, buffer in module.named_buffers(recurse=False):
+            if buffer is not None and buffer.is_floating_point():
+                module._buffers[name] = buffer.to(torch.float32 if keep_module or name in kept else dtype)
     return model
 
 

@@ -73,6 +73,11 @@ class TextContext:
     def nbytes(self) -> int:
         return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values))
 
+    def to(self, device: torch.device) -> None:
+        """Move every layer's K/V to ``device`` (a held session parks them off the accelerator)."""
+        self.keys[:] = [key.to(device) for key in self.keys]
+        self.values[:] = [value.to(device) for value in self.values]
+
 
 class CausalWanTransformer(nn.Module):
     """A ``WanTransformer3DModel`` run chunk by chunk against a KV cache."""

@@ -45,6 +45,10 @@ class StreamingVaeDecoder:
         """Latent frames decoded since the last :meth:`reset`."""
         return self._latent_frames_decoded
 
+    def to(self, device: torch.device) -> None:
+        """Move the causal context to ``device`` (the VAE itself stays where it is)."""
+        self._feat_cache = [item.to(device) if isinstance(item, torch.Tensor) else item for item in self._feat_cache]
+
     def reset(self) -> None:
         """Forget the causal context, so the next chunk starts a new video."""
         self._feat_cache = [None] * self._num_convs

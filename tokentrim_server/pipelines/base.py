@@ -208,6 +208,11 @@ class StreamBase:
         """Write an emitted chunk's clean latents into the cache again (used by :meth:`recache`)."""
         raise NotImplementedError
 
+    def to(self, device: torch.device) -> None:
+        """Move the session's state (KV cache, text context) to ``device``; back to the model's before use."""
+        self.cache.to(device)
+        self.text.to(device)
+
     def close(self) -> None:
         """Free the session's cache and text context."""
         self.cache.clear()

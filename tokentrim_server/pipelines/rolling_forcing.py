@@ -148,6 +148,11 @@ class RollingForcingStream(StreamBase):
     def generating(self) -> bool:
         return super().generating or bool(self.window) or self.next_block > self.emitted
 
+    def to(self, device: torch.device) -> None:
+        super().to(device)
+        for block in self.window:
+            block.noisy = block.noisy.to(device)
+
     def _next_window_finalises(self) -> bool:
         """Whether the next :meth:`step_window` emits a block (its oldest block is at the last step)."""
         oldest_step = self.window[0].step if self.window else 0  # an empty window admits a block at step 0

@@ -191,7 +191,7 @@ class TokentrimServer:
             planned = self.service.validator.plan(pb.StartSession(prompt=WARMUP_PROMPT, seed=0))
         except RequestError as error:  # e.g. a cache budget too small for one session of the default size
             raise WarmupError(f"warm-up: the server's defaults make no valid session: {error}") from error
-        if chunks > planned.max_chunks:
+        if planned.max_chunks is not None and chunks > planned.max_chunks:
             raise ConfigError(f"warmup_chunks ({chunks}) must be at most a session's {planned.max_chunks} chunks")
         plan = planned.plan
         log.info("warming up: %d chunks of %s at %dx%d, policy %s", chunks, plan.pipeline, plan.width, plan.height,
@@ -227,6 +227,7 @@ class TokentrimServer:
         if self._server is not None:
             await self._server.stop(grace)
             self._server = None
+        self.service.holds.release_all()
         self.metrics.close()
         # Sessions' clean-up jobs are queued on the workers; let them finish before the process exits.
         await asyncio.to_thread(self.workers.render.shutdown)

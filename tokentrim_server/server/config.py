@@ -106,7 +106,7 @@ class ServerConfig:
     cache_budget: str = option(
         "auto", "KV-cache memory for all sessions, e.g. 8GiB; auto: half the free GPU memory after loading, 4GiB on CPU"
     )
-    max_chunks: int = option(300, "most chunks per session (the model's position tables bound it too)")
+    max_chunks: int = option(0, "most chunks per session (0: unbounded, until the client stops)")
     max_prompt_chars: int = option(2000, "longest prompt in characters")
     max_height: int = option(1280, "largest frame height")
     max_width: int = option(1280, "largest frame width")
@@ -123,6 +123,10 @@ class ServerConfig:
     idle_timeout_seconds: float = option(
         60.0, "a session that waits this long without flow-control credit ends with DEADLINE_EXCEEDED (0: never)"
     )
+    resume_hold_seconds: float = option(
+        30.0, "a session whose call drops without stop is held this long for a resume, keeping its slot and "
+        "reservation (0: never held)",
+    )
     start_timeout_seconds: float = option(10.0, "time a client has to send its start message")
     drain_seconds: float = option(30.0, "on SIGTERM, time running sessions get before they end with UNAVAILABLE")
     jpeg_quality: int = option(90, "JPEG quality of sessions that ask for none")
@@ -131,7 +135,6 @@ class ServerConfig:
     def validate(self) -> None:
         positive = (
             "max_sessions",
-            "max_chunks",
             "max_prompt_chars",
             "max_height",
             "max_width",
@@ -145,7 +148,7 @@ class ServerConfig:
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
-        for name in ("max_session_hooks", "drain_seconds", "idle_timeout_seconds"):
+        for name in ("max_chunks", "max_session_hooks", "drain_seconds", "idle_timeout_seconds", "resume_hold_seconds"):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.warmup_chunks < -1:

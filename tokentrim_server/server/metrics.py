@@ -22,15 +22,18 @@ FPS_BUCKETS = (1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 128
 SEVERITY_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
 RejectReason = Literal["max_sessions", "cache_budget", "invalid_argument", "unauthenticated", "draining"]
-EndReason = Literal["completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout"]
+EndReason = Literal[
+    "completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout", "expired"
+]
 Stage = Literal["queue_wait", "denoise", "decode", "encode", "prompt_change"]
 
 REJECT_REASONS: tuple[RejectReason, ...] = (
     "max_sessions", "cache_budget", "invalid_argument", "unauthenticated", "draining",
 )
 END_REASONS: tuple[EndReason, ...] = (
-    "completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout",
+    "completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout", "expired",
 )
+RESUME_RESULTS = ("resumed", "not_found", "replay_gap")
 STAGES: tuple[Stage, ...] = ("queue_wait", "denoise", "decode", "encode", "prompt_change")
 
 
@@ -43,6 +46,12 @@ class ServerMetrics:
         Gauge("tokentrim_build_info", "Server version and model (always 1)", ["version", "model"],
               registry=registry).labels(version, model).set(1)
         self.sessions_active = Gauge("tokentrim_sessions_active", "Sessions running now", registry=registry)
+        self.sessions_held = Gauge(
+            "tokentrim_sessions_held", "Sessions whose call dropped, held for a resume", registry=registry
+        )
+        self.resumes = Counter(
+            "tokentrim_session_resumes_total", "Resume attempts, by outcome (reason)", ["reason"], registry=registry
+        )
         Gauge("tokentrim_sessions_max", "Sessions that may run at once", registry=registry).set(max_sessions)
         self.sessions_started = Counter(
             "tokentrim_sessions_started_total", "Sessions admitted", ["pipeline", "policy"], registry=registry
@@ -121,6 +130,8 @@ class ServerMetrics:
             self.sessions_ended.labels(end)
         for stage in STAGES:
             self.stage_seconds.labels(stage)
+        for result in RESUME_RESULTS:
+            self.resumes.labels(result)
         self._http: tuple[object, threading.Thread] | None = None
 
     def declare_plugins(self, policies: Iterable[str], pipelines: Iterable[str]) -> None:

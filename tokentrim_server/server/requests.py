@@ -54,7 +54,7 @@ class PlannedSession:
     encoding: str  # jpeg, raw_rgb or latents
     jpeg_quality: int
     credits: int
-    max_chunks: int  # where an unbounded session ends
+    max_chunks: int | None  # where an unbounded session ends (None: it runs until stopped)
 
 
 class RequestValidator:
@@ -81,11 +81,6 @@ class RequestValidator:
             raise RequestError(field, f"has {len(text)} characters; at most {self.config.max_prompt_chars} are allowed")
         return text
 
-    def max_chunks(self, options: PipelineOptions) -> int:
-        """Most chunks a session of these options may run: the server's limit and the model's position tables
-        (minus the frames the pipeline runs ahead of its last emitted chunk)."""
-        by_positions = (self.bundle.transformer.rope.max_frames - options.frames_ahead) // options.frames_per_block
-        return min(self.config.max_chunks, by_positions)
 
     def plan(self, start: pb.StartSession) -> PlannedSession:
         prompt = self.prompt(start.prompt)
@@ -96,8 +91,8 @@ class RequestValidator:
         if pipeline not in PIPELINES:
             raise RequestError("pipeline", f"must be one of {', '.join(PIPELINES)}; got {pipeline!r}")
         options = self._options(pipeline, start)
-        max_chunks = self.max_chunks(options)
-        if start.chunks > max_chunks:
+        max_chunks = self.config.max_chunks or None  # positions have no end (models/rope.py): only the operator's
+        if max_chunks is not None and start.chunks > max_chunks:
             raise RequestError("chunks", f"must be at most {max_chunks} (0: unbounded); got {start.chunks}")
         chunks = start.chunks or None
         height = self._size("height", start.height, self.default_height, self.config.max_height)

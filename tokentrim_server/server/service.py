@@ -15,13 +15,14 @@ from tokentrim.v1 import streaming_pb2 as pb
 from tokentrim.v1 import streaming_pb2_grpc as pb_grpc
 
 from tokentrim_server.engine.admission import Admission, AdmissionError
-from tokentrim_server.engine.driver import SessionIdle, SessionShutdown, Workers
+from tokentrim_server.engine.driver import ReplayGap, SessionIdle, SessionShutdown, Workers
 from tokentrim_server.hooks import describe_hooks
 from tokentrim_server.loading.model import ModelBundle
 from tokentrim_server.pipelines.registry import PIPELINES, options_schema, pipeline_options
 from tokentrim_server.policies import describe_policies
 from tokentrim_server.server.decoding import Undecodable
 from tokentrim_server.server.errors import log_fault
+from tokentrim_server.server.holds import HeldSessions, caller_identity, new_resume_token
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import RequestError, RequestValidator, options_as_dict
 from tokentrim_server.server.session import ServedSession
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 
 VIDEO_FPS = 16.0  # Wan 2.1 is trained on 16 frames per second
 SHUTDOWN_WAIT_SECONDS = 30.0
+SETTLE_SECONDS = 0.1  # a cancelled call's last messages (a stop) reach the reader within this
 
 
 class StreamingService(pb_grpc.StreamingServiceServicer):
@@ -57,6 +59,7 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         self.workers = workers
         self.draining = False
         self.sessions: set[ServedSession] = set()
+        self.holds = HeldSessions(self.config.resume_hold_seconds, metrics)
         self._idle = asyncio.Event()
         self._idle.set()
 
@@ -74,7 +77,19 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         if self.draining:
             await self._reject(context, "draining", grpc.StatusCode.UNAVAILABLE,
                                "the server is draining for shutdown; retry on another replica")
-        start = await self._first_message(request_iterator, context)
+        first = await self._first_message(request_iterator, context)
+        identity = caller_identity(context)
+        if first.WhichOneof("request") == "resume":
+            session, after = await self._resume(first.resume, identity, context)
+            serving = self._serve(session, request_iterator, context, identity, after=after, resumed=True)
+        else:
+            session = await self._admit(first.start, context)
+            serving = self._serve(session, request_iterator, context, identity)
+        async for response in serving:
+            yield response
+
+    async def _admit(self, start: pb.StartSession, context: grpc.aio.ServicerContext) -> ServedSession:
+        """Validate and admit a new session (the call ends with the reason when it cannot start)."""
         try:
             planned = self.validator.plan(start)
         except RequestError as error:
@@ -83,22 +98,62 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
             reservation = self.admission.admit(planned.cache_bytes)
         except AdmissionError as error:
             await self._reject(context, error.limit, grpc.StatusCode.RESOURCE_EXHAUSTED, str(error))
-        session = ServedSession(
+        return ServedSession(
             uuid.uuid4().hex, planned, reservation, self.workers, self.admission, self.metrics, self.validator,
-            on_released=self._update_reserved,
+            on_released=self._update_reserved, resume_token=new_resume_token() if self.holds.enabled else "",
         )
-        self._track(session)
+
+    async def _resume(
+        self, resume: pb.ResumeSession, identity: str, context: grpc.aio.ServicerContext
+    ) -> tuple[ServedSession, int | None]:
+        """Take a held session back (the call ends with NOT_FOUND when there is none for this caller)."""
+        if resume.initial_credits > self.config.max_credits:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"resume.initial_credits: must be at most "
+                                f"{self.config.max_credits} (0: {self.config.default_credits})")
+        session = await self.holds.take(resume.token, identity)
+        if session is None:
+            self.metrics.resumes.labels("not_found").inc()
+            await context.abort(grpc.StatusCode.NOT_FOUND, "resume.token: no held session with this token for these "
+                                "credentials (it expired, ended, or was never issued)")
+        after = resume.last_chunk_index if resume.HasField("last_chunk_index") else None
         try:
-            try:
-                await session.open(self.bundle)
-            except ValueError as error:  # a policy or hook refusing the session says why (their documented way)
-                self.metrics.sessions_rejected.labels("invalid_argument").inc()
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"session: {error}")
-            self.metrics.sessions_started.labels(planned.plan.pipeline, session.policy_name).inc()
-            log.info("session %s started: %s, %s, policy %s", session.session_id, planned.plan.pipeline,
-                     f"{planned.plan.width}x{planned.plan.height}", session.policy_name)
-            yield session.started_message(self.model_name, VIDEO_FPS)
-            async for response in session.responses(request_iterator):
+            session.driver.check_replay(after)
+        except ReplayGap as error:  # those chunks are gone for good: the session cannot continue for this client
+            self.metrics.resumes.labels("replay_gap").inc()
+            self.metrics.sessions_ended.labels("error").inc()
+            session.finish()
+            await context.abort(grpc.StatusCode.OUT_OF_RANGE, f"resume.last_chunk_index: {error}")
+        self.metrics.resumes.labels("resumed").inc()
+        session.resume(resume.initial_credits or self.config.default_credits)
+        log.info("session %s resumed after chunk %s", session.session_id, "none" if after is None else after)
+        return session, after
+
+    async def _serve(
+        self,
+        session: ServedSession,
+        requests: AsyncIterator[pb.GenerateRequest],
+        context: grpc.aio.ServicerContext,
+        identity: str,
+        after: int | None = None,
+        resumed: bool = False,
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Run ``session`` on this call; a call that drops leaves it held when it can be resumed."""
+        self._track(session)
+        self.holds.attach(session, identity)
+        held = False
+        try:
+            if not resumed:
+                try:
+                    await session.open(self.bundle)
+                except ValueError as error:  # a policy or hook refusing the session says why (their documented way)
+                    self.metrics.sessions_rejected.labels("invalid_argument").inc()
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"session: {error}")
+                plan = session.plan
+                self.metrics.sessions_started.labels(plan.pipeline, session.policy_name).inc()
+                log.info("session %s started: %s, %s, policy %s", session.session_id, plan.pipeline,
+                         f"{plan.width}x{plan.height}", session.policy_name)
+            yield session.started_message(self.model_name, VIDEO_FPS, resumed=resumed)
+            async for response in session.responses(requests, after):
                 yield response
         except RequestError as error:
             self.metrics.sessions_ended.labels("error").inc()
@@ -109,8 +164,18 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         except SessionShutdown as error:
             self.metrics.sessions_ended.labels("shutdown").inc()
             await context.abort(grpc.StatusCode.UNAVAILABLE, str(error))
-        except asyncio.CancelledError:  # the client went away or its deadline passed
-            self.metrics.sessions_ended.labels("cancelled").inc()
+        except (asyncio.CancelledError, GeneratorExit) as ending:
+            # The client went away, its deadline passed, or a resume took over (cancelled); or grpc gave up on
+            # a dead connection while sending (it closes this generator).
+            if not session.taken_over:
+                with contextlib.suppress(asyncio.CancelledError):  # a resume taking over cancels again: decide now
+                    await session.settle(SETTLE_SECONDS)
+            held = session.resumable and not self.draining
+            if not held:
+                self.metrics.sessions_ended.labels("cancelled").inc()
+            elif session.taken_over and isinstance(ending, asyncio.CancelledError):
+                session.taken_over = False  # tell the old call, should its client still be listening
+                await context.abort(grpc.StatusCode.ABORTED, "the session was resumed by another call")
             raise
         except Exception as error:
             if isinstance(error, grpc.aio.AbortError):
@@ -119,13 +184,18 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
             await context.abort(grpc.StatusCode.INTERNAL, log_fault(log, f"session {session.session_id} failed"))
         finally:
             self._untrack(session)
-            session.finish()
-            log.info("session %s ended after %d chunks", session.session_id, session.chunks_sent)
+            self.holds.detach(session)
+            if held:
+                self.holds.hold(session, identity)
+            else:
+                session.finish()
+                log.info("session %s ended after %d chunks", session.session_id, session.chunks_sent)
 
     # ------------------------------------------------------------------ draining
     async def drain(self, grace_seconds: float) -> None:
         """Refuse new sessions, give running ones ``grace_seconds``, then end them with UNAVAILABLE."""
         self.draining = True
+        self.holds.release_all()  # nobody can resume them on a process that is going away
         try:
             await asyncio.wait_for(self._idle.wait(), grace_seconds)
         except TimeoutError:
@@ -154,7 +224,8 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
             default_credits=config.default_credits, max_credits=config.max_credits,
             max_session_hooks=config.max_session_hooks, max_message_bytes=config.max_message_bytes,
             max_denoising_steps=config.max_denoising_steps, max_hook_iterations=config.max_hook_iterations,
-            idle_timeout_seconds=config.idle_timeout_seconds,
+            idle_timeout_seconds=config.idle_timeout_seconds, resume_hold_seconds=config.resume_hold_seconds,
+            replay_chunks=config.max_credits if config.resume_hold_seconds > 0 else 0,
         )
         return pb.GetServerInfoResponse(
             model=self.model_name, versions=_versions(), pipelines=pipelines,
@@ -166,7 +237,7 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
 
     async def _first_message(
         self, requests: AsyncIterator[pb.GenerateRequest], context: grpc.aio.ServicerContext
-    ) -> pb.StartSession:
+    ) -> pb.GenerateRequest:
         try:
             first = await asyncio.wait_for(anext(aiter(requests)), self.config.start_timeout_seconds)
         except StopAsyncIteration:
@@ -178,10 +249,10 @@ class StreamingService(pb_grpc.StreamingServiceServicer):
         if isinstance(first, Undecodable):
             await self._reject(context, "invalid_argument", grpc.StatusCode.INVALID_ARGUMENT,
                                f"request: {first.describe()}")
-        if first.WhichOneof("request") != "start":
+        if first.WhichOneof("request") not in ("start", "resume"):
             await self._reject(context, "invalid_argument", grpc.StatusCode.INVALID_ARGUMENT,
-                               "start: the first message of a session must be start")
-        return first.start
+                               "start: the first message of a session must be start (or resume)")
+        return first
 
     async def _reject(self, context: grpc.aio.ServicerContext, reason: str, code: grpc.StatusCode, message: str):
         self.metrics.sessions_rejected.labels(reason).inc()

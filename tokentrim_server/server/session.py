@@ -7,7 +7,9 @@ The session itself (credit, the denoise/render overlap, the end, the release) is
   ends the session at once (INVALID_ARGUMENT, field ``request``), and the client closing its side means
   "no more requests": the chunks already granted are still delivered;
 * the render callback (on the render worker) decodes the chunk and encodes it as a ``pb.Chunk``;
-* :meth:`ServedSession.responses` sends the chunks in order, observes them in the metrics, then the end.
+* :meth:`ServedSession.responses` sends the chunks in order, observes them in the metrics, then the end;
+* a dropped call can :meth:`ServedSession.hold` the session, and a resuming call picks it up again
+  (:meth:`ServedSession.resume`, then :meth:`ServedSession.responses` from the client's last chunk).
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ from tokentrim_server.server.requests import PlannedSession, RequestError, Reque
 
 log = logging.getLogger(__name__)
 
+HALF_CLOSE_SETTLE_SECONDS = 0.2
 END_REASONS = {
     "completed": pb.END_REASON_COMPLETED, "stopped": pb.END_REASON_STOPPED,
     "requests_closed": pb.END_REASON_STOPPED, "length_limit": pb.END_REASON_LENGTH_LIMIT,
@@ -64,8 +67,11 @@ class ServedSession:
         metrics: ServerMetrics,
         validator: RequestValidator,
         on_released: Callable[[], None] | None = None,
+        resume_token: str = "",
     ) -> None:
         self.session_id = session_id
+        self.resume_token = resume_token
+        self.taken_over = False  # a resume took the session from its call
         self.planned = planned
         self.plan = planned.plan
         self.metrics = metrics
@@ -74,11 +80,10 @@ class ServedSession:
         self.control = SessionControl(planned.credits, config.max_credits, config.idle_timeout_seconds)
         self.driver: SessionDriver[Rendered] = SessionDriver(
             session_id, self.plan, self.control, workers, self._render, planned.max_chunks, admission, reservation,
-            on_released,
+            on_released, replay_chunks=config.max_credits if resume_token else 0,
         )
         self.admitted_at = time.perf_counter()
         self._reader: asyncio.Task[None] | None = None
-        self.chunks_sent = 0
         self.frames_sent = 0
         self._cache_bytes = 0  # this session's share of the kv-cache gauge
 
@@ -89,31 +94,61 @@ class ServedSession:
     async def open(self, bundle: ModelBundle) -> None:
         await self.driver.open(bundle)
 
-    def started_message(self, model: str, fps: float) -> pb.GenerateResponse:
+    def started_message(self, model: str, fps: float, resumed: bool = False) -> pb.GenerateResponse:
         plan = self.plan
         started = pb.SessionStarted(
             session_id=self.session_id, model=model, pipeline=plan.pipeline, height=plan.height,
             width=plan.width, frames_per_second=fps, seed=plan.seed, chunks=plan.chunks or 0,
             cache_policy=plan.policy.name, session_hooks=[hook.name for hook in plan.hooks],
             credits=self.control.credits, cache_budget_bytes=self.driver.reservation.cache_bytes,
+            resume_token=self.resume_token, resumed=resumed,
         )
         return pb.GenerateResponse(started=started)
 
-    async def responses(self, requests: AsyncIterator[pb.GenerateRequest]) -> AsyncIterator[pb.GenerateResponse]:
-        """Run the session and yield its chunk messages, then its end message."""
+    async def responses(
+        self, requests: AsyncIterator[pb.GenerateRequest], after: int | None = None
+    ) -> AsyncIterator[pb.GenerateResponse]:
+        """Run the session and yield its chunk messages from chunk ``after + 1`` on, then its end message."""
         self._reader = asyncio.create_task(self._read(requests), name=f"{self.session_id}-reader")
-        async for delivered in self.driver.chunks():
-            self._observe(delivered)
+        async for delivered in self.driver.chunks(after):
+            if not delivered.replayed:
+                self._observe(delivered)
+                self.frames_sent += delivered.payload.frames
             yield pb.GenerateResponse(chunk=delivered.payload.message)
-            self.chunks_sent += 1
-            self.frames_sent += delivered.payload.frames
         reason = self.driver.ending()
         self.metrics.sessions_ended.labels("stopped" if reason == "requests_closed" else reason).inc()
         ended = pb.SessionEnded(
-            reason=END_REASONS[reason], message=self._end_message(reason), chunks=self.chunks_sent,
+            reason=END_REASONS[reason], message=self._end_message(reason), chunks=self.driver.delivered,
             frames=self.frames_sent,
         )
         yield pb.GenerateResponse(ended=ended)
+
+    @property
+    def chunks_sent(self) -> int:
+        return self.driver.delivered
+
+    @property
+    def resumable(self) -> bool:
+        return bool(self.resume_token) and self.driver.resumable
+
+    async def settle(self, timeout: float) -> None:
+        """Give the reader up to ``timeout`` to take what the client sent before its call ended (a client that
+        leaves on purpose sends ``stop`` and cancels at once; the stop decides that nothing is held)."""
+        deadline = asyncio.get_running_loop().time() + timeout
+        while not self.control.stopped and self._reader is not None and not self._reader.done():
+            if asyncio.get_running_loop().time() >= deadline:
+                return
+            await asyncio.sleep(0.01)
+
+    def hold(self) -> None:
+        """The call dropped: stop reading it, pause the session and park its state."""
+        if self._reader is not None:
+            self._reader.cancel()
+        self.driver.hold()
+
+    def resume(self, credits: int) -> None:
+        """A resuming call took over with ``credits`` of flow-control credit."""
+        self.driver.resume(credits)
 
     def finish(self) -> None:
         """Stop reading and free everything the session holds (idempotent)."""
@@ -137,10 +172,13 @@ class ServedSession:
                     self.control.grant(message.grant_credits.chunks)
                 elif kind == "stop":
                     self.control.stop()
-                elif kind == "start":
-                    raise RequestError("start", "the session has already started; send start only once")
+                elif kind in ("start", "resume"):
+                    raise RequestError(kind, f"the session has already started; {kind} only comes first")
                 else:
                     raise RequestError("request", "empty message: set one of change_prompt, grant_credits, stop")
+            # grpc ends the requests of a cancelled call too, and cancels the handler a moment later (which cancels
+            # this task, holding or ending the session): only requests that end without that are a half-close.
+            await asyncio.sleep(HALF_CLOSE_SETTLE_SECONDS)
             self.control.close_requests()  # the client will send nothing more; granted chunks still go out
         except RequestError as error:
             self.control.fail(error)
@@ -186,7 +224,7 @@ class ServedSession:
             self.metrics.prompt_changes.inc()
         for hook in report.hooks:
             self.metrics.observe_hook(hook.name, hook.seconds, dict(hook.values))
-        if self.chunks_sent == 0:
+        if delivered.step.result.chunk.index == 0:
             self.metrics.time_to_first_frame.labels(self.plan.pipeline).observe(time.perf_counter() - self.admitted_at)
 
     def _end_message(self, reason: Ending) -> str:

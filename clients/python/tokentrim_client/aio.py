@@ -121,9 +121,9 @@ class AsyncClient:
 
         return await call_with_retries(attempt, self.retries, what)
 
-    def _new_generate_call(self) -> GenerateCall:
+    def _new_generate_call(self, extra_metadata: tuple[tuple[str, str], ...] = ()) -> GenerateCall:
         # No deadline: a session lasts as long as the caller keeps it.
-        return StreamCall(pb_grpc.StreamingServiceStub(self._connect()).Generate, self._metadata)
+        return StreamCall(pb_grpc.StreamingServiceStub(self._connect()).Generate, (*self._metadata, *extra_metadata))
 
     def _connect(self) -> grpc.Channel:
         if self._channel is None:

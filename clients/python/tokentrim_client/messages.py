@@ -103,3 +103,11 @@ def grant_request(chunks: int) -> pb.GenerateRequest:
 
 def stop_request() -> pb.GenerateRequest:
     return pb.GenerateRequest(stop=pb.StopSession())
+
+
+def resume_request(token: str, last_chunk_index: int | None, credits: int) -> pb.GenerateRequest:
+    """The first message of a call that continues a session whose call dropped."""
+    resume = pb.ResumeSession(token=token, initial_credits=credits)
+    if last_chunk_index is not None:
+        resume.last_chunk_index = last_chunk_index
+    return pb.GenerateRequest(resume=resume)

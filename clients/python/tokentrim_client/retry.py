@@ -1,7 +1,7 @@
 """Exponential backoff with jitter for the calls that may be repeated safely.
 
 Only a call that has not delivered anything yet can be repeated: unary calls, and a session until the server
-admits it. Once chunks flow, a broken stream cannot resume, so its error goes to the caller.
+admits it. Once chunks flow, a dropped session is resumed instead (tokentrim_client.session), not repeated.
 """
 
 from __future__ import annotations

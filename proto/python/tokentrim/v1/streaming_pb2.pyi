@@ -31,16 +31,28 @@ END_REASON_STOPPED: EndReason
 END_REASON_LENGTH_LIMIT: EndReason
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("start", "change_prompt", "grant_credits", "stop")
+    __slots__ = ("start", "change_prompt", "grant_credits", "stop", "resume")
     START_FIELD_NUMBER: _ClassVar[int]
     CHANGE_PROMPT_FIELD_NUMBER: _ClassVar[int]
     GRANT_CREDITS_FIELD_NUMBER: _ClassVar[int]
     STOP_FIELD_NUMBER: _ClassVar[int]
+    RESUME_FIELD_NUMBER: _ClassVar[int]
     start: StartSession
     change_prompt: ChangePrompt
     grant_credits: GrantCredits
     stop: StopSession
-    def __init__(self, start: _Optional[_Union[StartSession, _Mapping]] = ..., change_prompt: _Optional[_Union[ChangePrompt, _Mapping]] = ..., grant_credits: _Optional[_Union[GrantCredits, _Mapping]] = ..., stop: _Optional[_Union[StopSession, _Mapping]] = ...) -> None: ...
+    resume: ResumeSession
+    def __init__(self, start: _Optional[_Union[StartSession, _Mapping]] = ..., change_prompt: _Optional[_Union[ChangePrompt, _Mapping]] = ..., grant_credits: _Optional[_Union[GrantCredits, _Mapping]] = ..., stop: _Optional[_Union[StopSession, _Mapping]] = ..., resume: _Optional[_Union[ResumeSession, _Mapping]] = ...) -> None: ...
+
+class ResumeSession(_message.Message):
+    __slots__ = ("token", "last_chunk_index", "initial_credits")
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
+    LAST_CHUNK_INDEX_FIELD_NUMBER: _ClassVar[int]
+    INITIAL_CREDITS_FIELD_NUMBER: _ClassVar[int]
+    token: str
+    last_chunk_index: int
+    initial_credits: int
+    def __init__(self, token: _Optional[str] = ..., last_chunk_index: _Optional[int] = ..., initial_credits: _Optional[int] = ...) -> None: ...
 
 class StartSession(_message.Message):
     __slots__ = ("prompt", "seed", "pipeline", "pipeline_options", "chunks", "height", "width", "cache_policy", "session_hooks", "output", "initial_credits")
@@ -111,7 +123,7 @@ class GenerateResponse(_message.Message):
     def __init__(self, started: _Optional[_Union[SessionStarted, _Mapping]] = ..., chunk: _Optional[_Union[Chunk, _Mapping]] = ..., ended: _Optional[_Union[SessionEnded, _Mapping]] = ...) -> None: ...
 
 class SessionStarted(_message.Message):
-    __slots__ = ("session_id", "model", "pipeline", "height", "width", "frames_per_second", "seed", "chunks", "cache_policy", "session_hooks", "credits", "cache_budget_bytes")
+    __slots__ = ("session_id", "model", "pipeline", "height", "width", "frames_per_second", "seed", "chunks", "cache_policy", "session_hooks", "credits", "cache_budget_bytes", "resume_token", "resumed")
     SESSION_ID_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     PIPELINE_FIELD_NUMBER: _ClassVar[int]
@@ -124,6 +136,8 @@ class SessionStarted(_message.Message):
     SESSION_HOOKS_FIELD_NUMBER: _ClassVar[int]
     CREDITS_FIELD_NUMBER: _ClassVar[int]
     CACHE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
+    RESUME_TOKEN_FIELD_NUMBER: _ClassVar[int]
+    RESUMED_FIELD_NUMBER: _ClassVar[int]
     session_id: str
     model: str
     pipeline: str
@@ -136,7 +150,9 @@ class SessionStarted(_message.Message):
     session_hooks: _containers.RepeatedScalarFieldContainer[str]
     credits: int
     cache_budget_bytes: int
-    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., pipeline: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., frames_per_second: _Optional[float] = ..., seed: _Optional[int] = ..., chunks: _Optional[int] = ..., cache_policy: _Optional[str] = ..., session_hooks: _Optional[_Iterable[str]] = ..., credits: _Optional[int] = ..., cache_budget_bytes: _Optional[int] = ...) -> None: ...
+    resume_token: str
+    resumed: bool
+    def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., pipeline: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., frames_per_second: _Optional[float] = ..., seed: _Optional[int] = ..., chunks: _Optional[int] = ..., cache_policy: _Optional[str] = ..., session_hooks: _Optional[_Iterable[str]] = ..., credits: _Optional[int] = ..., cache_budget_bytes: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
     __slots__ = ("index", "first_frame", "frame_count", "encoding", "jpeg_frames", "rgb", "latents", "timings", "cache_report", "prompt_version", "hook_reports")
@@ -303,7 +319,7 @@ class PluginInfo(_message.Message):
     def __init__(self, name: _Optional[str] = ..., description: _Optional[str] = ..., parameters: _Optional[_Union[_struct_pb2.ListValue, _Mapping]] = ..., parameters_schema: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_sessions", "cache_budget_bytes", "max_prompt_chars", "max_chunks", "max_height", "max_width", "size_multiple", "default_credits", "max_credits", "max_session_hooks", "max_message_bytes", "max_denoising_steps", "max_hook_iterations", "idle_timeout_seconds")
+    __slots__ = ("max_sessions", "cache_budget_bytes", "max_prompt_chars", "max_chunks", "max_height", "max_width", "size_multiple", "default_credits", "max_credits", "max_session_hooks", "max_message_bytes", "max_denoising_steps", "max_hook_iterations", "idle_timeout_seconds", "resume_hold_seconds", "replay_chunks")
     MAX_SESSIONS_FIELD_NUMBER: _ClassVar[int]
     CACHE_BUDGET_BYTES_FIELD_NUMBER: _ClassVar[int]
     MAX_PROMPT_CHARS_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +334,8 @@ class Limits(_message.Message):
     MAX_DENOISING_STEPS_FIELD_NUMBER: _ClassVar[int]
     MAX_HOOK_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     IDLE_TIMEOUT_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    RESUME_HOLD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    REPLAY_CHUNKS_FIELD_NUMBER: _ClassVar[int]
     max_sessions: int
     cache_budget_bytes: int
     max_prompt_chars: int
@@ -332,4 +350,6 @@ class Limits(_message.Message):
     max_denoising_steps: int
     max_hook_iterations: int
     idle_timeout_seconds: float
-    def __init__(self, max_sessions: _Optional[int] = ..., cache_budget_bytes: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_chunks: _Optional[int] = ..., max_height: _Optional[int] = ..., max_width: _Optional[int] = ..., size_multiple: _Optional[int] = ..., default_credits: _Optional[int] = ..., max_credits: _Optional[int] = ..., max_session_hooks: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_denoising_steps: _Optional[int] = ..., max_hook_iterations: _Optional[int] = ..., idle_timeout_seconds: _Optional[float] = ...) -> None: ...
+    resume_hold_seconds: float
+    replay_chunks: int
+    def __init__(self, max_sessions: _Optional[int] = ..., cache_budget_bytes: _Optional[int] = ..., max_prompt_chars: _Optional[int] = ..., max_chunks: _Optional[int] = ..., max_height: _Optional[int] = ..., max_width: _Optional[int] = ..., size_multiple: _Optional[int] = ..., default_credits: _Optional[int] = ..., max_credits: _Optional[int] = ..., max_session_hooks: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., max_denoising_steps: _Optional[int] = ..., max_hook_iterations: _Optional[int] = ..., idle_timeout_seconds: _Optional[float] = ..., resume_hold_seconds: _Optional[float] = ..., replay_chunks: _Optional[int] = ...) -> None: ...

@@ -62,7 +62,10 @@ class StreamingServiceServicer:
         UNAUTHENTICATED (missing or wrong bearer token), INTERNAL (a server fault: the message carries
         an error id that the server's log records with the details, never the details themselves).
         Closing the request side after `start` means "no more requests": the session delivers the
-        chunks already granted, then ends with `ended` (reason STOPPED).
+        chunks already granted, then ends with `ended` (reason STOPPED). A call that ends otherwise
+        without `stop` (disconnect, deadline) leaves the session held for `limits.resume_hold_seconds`:
+        a new call whose first message is `resume` continues it (NOT_FOUND when the token is unknown,
+        expired or another caller's).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
