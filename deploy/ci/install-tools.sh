@@ -9,33 +9,14 @@ if command -v prometheus >/dev/null && command -v promtool >/dev/null; then
     exit 0
 fi
 
-fail() {
-    echo "deploy/ci/install-tools.sh: $*; install Prometheus so that prometheus and promtool are on PATH" >&2
-    exit 1
-}
-
-command -v apt-get >/dev/null || fail "no apt-get on this system"
-sudo=()
-if [ "$(id -u)" -ne 0 ]; then
-    command -v sudo >/dev/null || fail "needs root or sudo"
-    sudo=(sudo -n)
-fi
-
-# Quiet unless it fails: then the command's whole output, for the CI log.
-quietly() {
-    local output
-    if ! output=$("$@" 2>&1); then
-        echo "$output" >&2
-        fail "'$*' failed"
-    fi
-}
-
-export DEBIAN_FRONTEND=noninteractive
-quietly "${sudo[@]}" apt-get update
+SCRIPT=deploy/ci/install-tools.sh
+HINT="install Prometheus so that prometheus and promtool are on PATH"
+# shellcheck source=apt.sh
+source "$(dirname "$0")/apt.sh"
 # Without recommends: the package recommends node-exporter and more, none of which the tests need.
-quietly "${sudo[@]}" apt-get install -y --no-install-recommends prometheus
+apt_install prometheus
 
 # On a machine with systemd the package starts a Prometheus service on :9090; the tests run their own on free ports.
 if command -v systemctl >/dev/null && systemctl is-active --quiet prometheus 2>/dev/null; then
-    quietly "${sudo[@]}" systemctl disable --now prometheus
+    quietly as_root systemctl disable --now prometheus
 fi
