@@ -217,10 +217,7 @@ class SessionDriver(Generic[P]):
         """
         if self._producer is None:
             self._producer = asyncio.create_task(self._produce(), name=f"{self.owner}-producer")
-        self.check_replay(after)
-        wanted = 0 if after is None else after + 1
-        kept = self.delivered - len(self._replay)
-        for delivered in list(self._replay)[wanted - kept :]:
+        for delivered in self.check_replay(after):
             yield replace(delivered, replayed=True)
         while not self._exhausted:
             if self._head is None:
@@ -251,8 +248,9 @@ class SessionDriver(Generic[P]):
             return "requests_closed"
         return "length_limit"
 
-    def check_replay(self, after: int | None) -> None:
-        """Raise :class:`ReplayGap` unless the chunks after chunk ``after`` can all be handed out (again)."""
+    def check_replay(self, after: int | None) -> list[DeliveredChunk[P]]:
+        """The chunks after chunk ``after`` that were already handed out, to hand out again; raises
+        :class:`ReplayGap` unless they are all still kept."""
         wanted = 0 if after is None else after + 1
         kept = self.delivered - len(self._replay)
         if not kept <= wanted <= self.delivered:
@@ -260,6 +258,7 @@ class SessionDriver(Generic[P]):
                 f"chunk {wanted} cannot be sent again: {self.delivered} chunks were delivered and the last "
                 f"{len(self._replay)} are kept (limits.replay_chunks)"
             )
+        return list(self._replay)[wanted - kept :]
 
     @property
     def resumable(self) -> bool:

@@ -15,6 +15,7 @@ from typing import Annotated
 
 from pydantic import ConfigDict, Field
 
+from tokentrim_server.pipelines.base import check_positive
 from tokentrim_server.pipelines.schedule import NUM_TRAIN_TIMESTEPS, denoising_timesteps
 
 STRICT_OPTIONS = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
@@ -71,8 +72,7 @@ class PipelineOptions:
 
     def validate(self) -> None:
         """Constraints between options (each option's own type and range are declared on its field)."""
-        if self.frames_per_block <= 0:
-            raise ValueError(f"frames_per_block must be > 0; got {self.frames_per_block}")
+        check_positive("frames_per_block", self.frames_per_block)
         denoising_timesteps(self.denoising_steps, self.timestep_shift, self.warp_denoising_step)
         if not 0 <= self.context_noise < NUM_TRAIN_TIMESTEPS:
             raise ValueError(f"context_noise must be in [0, {NUM_TRAIN_TIMESTEPS}); got {self.context_noise}")
