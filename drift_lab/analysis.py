@@ -109,13 +109,14 @@ def arm_row(pipeline: str, arm: str, summaries: Sequence[RolloutSummary], contro
 
 
 def arm_rows(summaries: Sequence[RolloutSummary], pipeline: str) -> list[ArmRow]:
-    """Rows of every arm run on ``pipeline``, in the arm table's order."""
-    ran = {s.arm for s in summaries if s.pipeline == pipeline}
+    """Rows of every arm run on ``pipeline``, in the arm table's order, then arms outside the table as run."""
+    ran = list(dict.fromkeys(s.arm for s in summaries if s.pipeline == pipeline))
+    table = arm_names(pipeline)
+    order = [name for name in table if name in ran] + [name for name in ran if name not in table]
     control = [s for s in summaries if s.pipeline == pipeline and s.arm == CONTROL]
     return [
         arm_row(pipeline, name, [s for s in summaries if s.pipeline == pipeline and s.arm == name], control)
-        for name in arm_names(pipeline)
-        if name in ran
+        for name in order
     ]
 
 

@@ -44,16 +44,15 @@ PIPELINES: tuple[str, ...] = ("self_forcing", "rolling_forcing")
 CONTROL = "none"
 
 
-class WrappedTokenTrim(CachePolicy):
-    """A lab policy around a registry-built ``tokentrim`` policy: its stage, budget and statistics, forwarded.
+class ForwardingPolicy(CachePolicy):
+    """A lab policy around another policy instance: stage, budget, verdicts and statistics forwarded to ``inner``.
 
-    Subclasses change the verdict in :meth:`inspect`; the inner policy's ``accepted`` records the accepted
-    candidate's severity, so the statistics evolve as TokenTrim's would on the same accepted chunks.
+    Subclasses change one thing (a verdict in :meth:`inspect`, or what is recorded of it).
     """
 
-    def __init__(self, tokentrim_params: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, inner: CachePolicy) -> None:
         super().__init__()
-        self.inner = create_policy("tokentrim", tokentrim_params)
+        self.inner = inner
 
     @property
     def stage(self) -> Stage | None:
@@ -74,6 +73,17 @@ class WrappedTokenTrim(CachePolicy):
 
     def end(self) -> None:
         self.inner.end()
+
+
+class WrappedTokenTrim(ForwardingPolicy):
+    """A lab policy around a registry-built ``tokentrim`` policy: its stage, budget and statistics, forwarded.
+
+    Subclasses change the verdict in :meth:`inspect`; the inner policy's ``accepted`` records the accepted
+    candidate's severity, so the statistics evolve as TokenTrim's would on the same accepted chunks.
+    """
+
+    def __init__(self, tokentrim_params: Mapping[str, Any] | None = None) -> None:
+        super().__init__(create_policy("tokentrim", tokentrim_params))
 
 
 class RegeneratePolicy(WrappedTokenTrim):

@@ -66,6 +66,8 @@ class ExperimentConfig:
     prefill_chunks: int = 1
     device: str = "cpu"
     dtype: str = "float32"
+    # Arms outside the table (e.g. a policy under test on the scorecard), run after the table's on their pipeline.
+    extra_arms: tuple[Arm, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.models:
@@ -82,7 +84,8 @@ class ExperimentConfig:
         """The arms run on ``pipeline``: the control first, then the requested ones that pipeline has."""
         names = arm_names(pipeline)
         wanted = names if self.arms is None else [CONTROL, *(name for name in self.arms if name in names)]
-        return [get_arm(pipeline, name) for name in dict.fromkeys(wanted)]
+        extra = [arm for arm in self.extra_arms if arm.pipeline == pipeline]
+        return [*(get_arm(pipeline, name) for name in dict.fromkeys(wanted)), *extra]
 
     def arms_for_all(self) -> dict[str, list[Arm]]:
         known = {name for pipeline in self.pipelines for name in arm_names(pipeline)}
@@ -131,9 +134,14 @@ class ExperimentResult:
     def select(self, pipeline: str, arm: str) -> list[RolloutSummary]:
         return [s for s in self.summaries if s.pipeline == pipeline and s.arm == arm]
 
+    def config_json(self) -> dict[str, Any]:
+        """The config, its extra arms by key (they carry their policy factory)."""
+        config = asdict(dataclasses.replace(self.config, extra_arms=()))
+        return {**config, "extra_arms": [arm.key for arm in self.config.extra_arms]}
+
     def as_json(self) -> dict[str, Any]:
         return {
-            "config": asdict(self.config),
+            "config": self.config_json(),
             "models": self.models,
             "seconds": self.seconds,
             "example": self.example,
@@ -306,20 +314,20 @@ def same_latents(generated: Generated, control: Generated) -> bool:
     return generated.latents.shape == control.latents.shape and torch.equal(generated.latents, control.latents)
 
 
-def _rounded(value: Any) -> Any:
+def json_ready(value: Any) -> Any:
     """Floats to 6 significant digits (NaN and infinities to null), recursively: compact, valid JSON."""
     if isinstance(value, float):
         return float(f"{value:.6g}") if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {key: _rounded(item) for key, item in value.items()}
+        return {key: json_ready(item) for key, item in value.items()}
     if isinstance(value, list | tuple):
-        return [_rounded(item) for item in value]
+        return [json_ready(item) for item in value]
     return value
 
 
 def write_json(result: ExperimentResult, path: Path, extra: dict[str, Any]) -> None:
     """The raw per-seed results (every rollout summary, one per line) with ``extra`` (command, date, ...)."""
-    payload = _rounded({**extra, **result.as_json()})
+    payload = json_ready({**extra, **result.as_json()})
     rollouts = payload.pop("rollouts")
     head = json.dumps(payload, indent=1)[: -len("\n}")]
     body = ",\n".join("  " + json.dumps(rollout, separators=(",", ":")) for rollout in rollouts)

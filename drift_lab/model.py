@@ -23,7 +23,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
-from drift_lab.world import MAX_CAPTION_WORDS, VOCABULARY, WorldSpec
+from drift_lab.world import DATA_VERSION, MAX_CAPTION_WORDS, VOCABULARY, WorldSpec
 from tokentrim_server.loading.model_folder import save_components_folder
 from tokentrim_server.models.text_encoder import umt5_encoder_kwargs
 from tokentrim_server.models.tiny import TinyComponents, build_tiny_tokenizer
@@ -380,3 +380,23 @@ def model_card(metadata: dict[str, Any]) -> str:
             "from it illustrate the method, they do not measure TokenTrim."
         )
     return "\n".join(lines) + "\n"
+
+
+def micro_lab_folder(root: Path, name: str = "untrained", seed: int = 0) -> Path:
+    """Write an untrained ``micro`` lab model folder ``root/name`` with its ``training.json``; returns it.
+
+    The ``micro`` preset's random-weight components (32x32 frames, 4 tokens per latent frame, a three-chunk
+    training clip), saved the way ``drift_lab.train`` saves a trained model, so every rollout, gate, report and
+    scorecard code path runs on it in seconds. Its output is noise: it fails the quality gate, as it must.
+    """
+    preset = PRESETS["micro"]
+    metadata = {
+        "seed": seed,
+        "preset": preset.as_dict(),
+        "data_version": DATA_VERSION,
+        "world": preset.as_dict()["world"],
+        "clip_chunks": preset.training.clip_chunks,
+        "steps": 0,
+    }
+    return save_lab_model(build_lab_components(preset, seed), root / name, default_size=preset.frame_size,
+                          metadata=metadata)  # fmt: skip

@@ -12,7 +12,7 @@ and generated chunk ``k >= 1`` starts at world frame ``12 k - 3``.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,10 +28,11 @@ from drift_lab.world import DATA_VERSION, Scene, WorldSpec, render, sample_scene
 from tokentrim_server.engine import open_runner
 from tokentrim_server.loading.model import ModelBundle, ModelSpec, load_model
 from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
-from tokentrim_server.pipelines.base import Chunk
+from tokentrim_server.pipelines.base import Chunk, StreamBase
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.registry import build_pipeline
 from tokentrim_server.pipelines.self_forcing import SelfForcingOptions
+from tokentrim_server.policies import CachePolicy
 
 # A model folder without training.json (e.g. a bare diffusers folder) is taken to be trained on 3 chunks.
 DEFAULT_CLIP_CHUNKS = 3
@@ -184,21 +185,43 @@ class Rollout:
 
 def generate(model: LabModel, arm: Arm, truth: Truth, prefill_chunks: int, chunks: int) -> Generated:
     """Prefill ``prefill_chunks`` true chunks and generate ``chunks`` more under ``arm`` (latents only)."""
+    needed = prefill_chunks + chunks if arm.needs_truth else prefill_chunks
+    if truth.chunks < needed:
+        raise ValueError(f"truth has {truth.chunks} encoded chunks; arm {arm.name!r} needs {needed}")
+    policy = arm.create_policy(truth.latents if arm.needs_truth else None)
+    return generate_with(model, arm.pipeline, arm.name, policy, truth, prefill_chunks, chunks)
+
+
+StreamSetup = Callable[[StreamBase], None]
+"""Called on a rollout's stream after its prefill, before the first generated chunk (e.g. to inject corruption)."""
+
+
+def generate_with(
+    model: LabModel,
+    pipeline_name: str,
+    arm_name: str,
+    policy: CachePolicy,
+    truth: Truth,
+    prefill_chunks: int,
+    chunks: int,
+    setup: StreamSetup | None = None,
+) -> Generated:
+    """:func:`generate` with a ready policy instance (any policy) and an optional ``setup`` of the stream."""
     if prefill_chunks < 1:
         raise ValueError(f"prefill_chunks must be >= 1; got {prefill_chunks}")
     if chunks < 1:
         raise ValueError(f"chunks must be >= 1; got {chunks}")
-    needed = prefill_chunks + chunks if arm.needs_truth else prefill_chunks
-    if truth.chunks < needed:
-        raise ValueError(f"truth has {truth.chunks} encoded chunks; arm {arm.name!r} needs {needed}")
+    if truth.chunks < prefill_chunks:
+        raise ValueError(f"truth has {truth.chunks} encoded chunks; the prefill needs {prefill_chunks}")
     bundle = model.bundle
     device = bundle.transformer.device
-    pipeline = build_pipeline(arm.pipeline, bundle.transformer, model.options(arm.pipeline))
+    pipeline = build_pipeline(pipeline_name, bundle.transformer, model.options(pipeline_name))
     prompt = bundle.prompt_encoder.encode(truth.scene.caption).to(device)
     latent_shape = bundle.latent_shape(truth.scene.height, truth.scene.width)
     stream = pipeline.open(prompt, latent_shape, SeededNoise(truth.seed), num_blocks=prefill_chunks + chunks)
     stream.prefill([truth.chunk(index) for index in range(prefill_chunks)])
-    policy = arm.create_policy(truth.latents if arm.needs_truth else None)
+    if setup is not None:
+        setup(stream)
     latents, records = [], []
     with open_runner(stream, policy, seed=truth.seed) as runner:
         for result in runner:
@@ -213,7 +236,7 @@ def generate(model: LabModel, arm: Arm, truth: Truth, prefill_chunks: int, chunk
                 )
             )
             latents.append(result.chunk.latents.float().cpu())
-    return Generated(arm.name, arm.pipeline, truth.seed, prefill_chunks, torch.cat(latents, dim=1), records)
+    return Generated(arm_name, pipeline_name, truth.seed, prefill_chunks, torch.cat(latents, dim=1), records)
 
 
 def decode_and_measure(model: LabModel, truth: Truth, generations: Sequence[Generated]) -> list[Rollout]:
