@@ -41,6 +41,8 @@ LABELS: dict[str, str] = {
     "psnr": "PSNR (dB)",
     "psnr_background_floor": "background-only PSNR floor (dB)",
 }
+# The true-cache counterfactual arm (``drift_lab.arms``).
+COUNTERFACTUAL = "true_cache"
 # Below this share of triggering chunks a policy barely acted: its differences cannot be attributed to it.
 MIN_TRIGGER_PERCENT = 2.0
 # Per pipeline: the TokenTrim arm and the arms it is contrasted with (besides the control).
@@ -177,7 +179,29 @@ def conclusions(summaries: Sequence[RolloutSummary], pipeline: str) -> list[str]
     if oracle is not None:
         found = differences(summaries, pipeline, oracle, CONTROL)
         lines.append(f"`{oracle}` vs `{CONTROL}` (the headroom of trigger-and-prune with a perfect detector): {found}.")
+    if COUNTERFACTUAL in rows:
+        lines += counterfactual_conclusion(summaries, pipeline)
     return lines
+
+
+def counterfactual_conclusion(summaries: Sequence[RolloutSummary], pipeline: str) -> list[str]:
+    """Whether rewriting the cache from the truth at the drift onset reduces drift: TokenTrim's premise."""
+    chosen = [s for s in summaries if s.pipeline == pipeline and s.arm == COUNTERFACTUAL]
+    rewritten = sum(s.onset is not None for s in chosen)
+    control = [s for s in summaries if s.pipeline == pipeline and s.arm == CONTROL]
+    intervals = {metric: contrast(chosen, control, metric) for metric in ("survival", "psnr")}
+    found = differences(summaries, pipeline, COUNTERFACTUAL, CONTROL)
+    line = (f"`{COUNTERFACTUAL}` (cache rewritten from the true chunks at the drift onset, in {rewritten} of "
+            f"{len(chosen)} rollouts; the rest never drifted that far) vs `{CONTROL}`: {found}.")  # fmt: skip
+    if rewritten < MIN_PAIRS:
+        verdict = "Too few rollouts drifted to test TokenTrim's premise (that drift is carried by the cache)."
+    elif any(direction(metric, interval) == "better" for metric, interval in intervals.items()):
+        verdict = ("A true cache reduces the drift: it is carried, at least partly, by the cache, so TokenTrim's "
+                   "premise holds for this model.")  # fmt: skip
+    else:
+        verdict = ("A true cache does not reduce the drift: it is not carried by the cache, and TokenTrim's premise "
+                   "does not hold for this model.")  # fmt: skip
+    return [line, verdict]
 
 
 def over_time(

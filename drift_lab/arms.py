@@ -164,6 +164,9 @@ class Arm:
     factory: PolicyFactory
     needs_truth: bool = False
     same_as: str | None = None
+    # The true-cache counterfactual: the control's policy, with the cache rewritten from the true chunks at the
+    # control's drift onset (``drift_lab.experiment``); its rollout depends on the control's, so it runs after it.
+    counterfactual: bool = False
 
     def create_policy(self, truth: torch.Tensor | None = None) -> CachePolicy:
         """A fresh policy for one rollout."""
@@ -195,6 +198,8 @@ def _arm_table() -> tuple[Arm, ...]:
         Arm("tokentrim_p10", sf, "TokenTrim, p = 0.10 (= tokentrim)", _registry("tokentrim", prune_ratio=0.1),
             same_as="tokentrim"),
         Arm("tokentrim_p20", sf, "TokenTrim, p = 0.20", _registry("tokentrim", prune_ratio=0.2)),
+        Arm("true_cache", sf, "counterfactual: cache rewritten from the true chunks at the drift onset",
+            _registry("none"), True, counterfactual=True),
         Arm(CONTROL, rf, "plain pipeline: nothing inspected or pruned", _registry("none")),
         Arm("tokentrim_final", rf, "TokenTrim, p = 0.1, final candidate", _registry("tokentrim", **final)),
         Arm("random_final", rf, "same trigger and budget, random positions", _registry("random", **final)),
@@ -203,6 +208,8 @@ def _arm_table() -> tuple[Arm, ...]:
             lambda truth: AlwaysTrimPolicy(final)),
         Arm("oracle_final", rf, "trigger and prune by error vs the true chunk",
             lambda truth: OraclePolicy(truth, final), True),
+        Arm("true_cache", rf, "counterfactual: cache rewritten from the true chunks at the drift onset",
+            _registry("none"), True, counterfactual=True),
     )  # fmt: skip
 
 

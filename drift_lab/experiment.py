@@ -34,8 +34,10 @@ from drift_lab.rollout import (
     chunk_first_frame,
     decode_and_measure,
     generate,
+    generate_with,
     load_lab_model,
     make_truth,
+    rewrite_cache_from_truth,
     run_rollout,
 )
 from drift_lab.world import render
@@ -52,6 +54,9 @@ METRICS: tuple[str, ...] = (
 )
 # Late horizon: chunks whose index is at least this fraction of the rollout's total chunks (8x clip: 4x on).
 LATE_FRACTION = 0.5
+# Drift onset of a rollout: its first generated chunk whose mean object survival falls below this (the
+# true-cache counterfactual rewrites the cache just before it).
+ONSET_SURVIVAL = 0.9
 
 
 @dataclass(frozen=True)
@@ -114,6 +119,7 @@ class RolloutSummary:
     tokens_removed: list[int]
     chunk_seconds: list[float]
     equals_control: bool | None = None
+    onset: int | None = None  # the true-cache counterfactual: the chunk the cache was rewritten before
 
     @property
     def pair(self) -> tuple[str, int]:
@@ -290,6 +296,8 @@ def _run_arms(
     """
     generations: dict[str, Generated] = {}
     for arm in arms:
+        if arm.counterfactual:
+            continue  # after the control is measured
         if arm.same_as not in generations:
             generations[arm.name] = generate(model, arm, truth, prefill, total - prefill)
         counter.tick(f"{where} {arm.key}")
@@ -300,13 +308,52 @@ def _run_arms(
     rollouts = dict(zip(decoded, decode_and_measure(model, truth, [generations[n] for n in decoded]), strict=True))
     for name in twins:
         rollouts[name] = dataclasses.replace(rollouts[CONTROL], generated=generations[name])
+    onsets = {}
+    for arm in (arm for arm in arms if arm.counterfactual):
+        rollouts[arm.name], onsets[arm.name] = _counterfactual(model, truth, arm, rollouts.get(CONTROL), prefill, total)
+        counter.tick(f"{where} {arm.key}")
     for arm in arms:
         summary = summarise(model.name, rollouts[arm.name if arm.name in rollouts else arm.same_as], truth, total)
         summary.arm = arm.name
+        summary.onset = onsets.get(arm.name)
         if arm.name in REGENERATE_ONLY and control is not None:
             summary.equals_control = arm.name in twins
         result.summaries.append(summary)
     return list(rollouts.values())
+
+
+def drift_onset(rollout: Rollout, prefill: int) -> int | None:
+    """The first generated chunk after the first whose mean object survival is below :data:`ONSET_SURVIVAL`
+    (``None``: it never drifts that far). The first generated chunk cannot be the onset: its cache holds only
+    true chunks already."""
+    survival = np.asarray(rollout.metrics.survival, dtype=np.float64)
+    offset = rollout.start_frame
+    for record in rollout.generated.chunks:
+        if record.index <= prefill:
+            continue
+        start = chunk_first_frame(record.index) - offset
+        end = chunk_first_frame(record.index + 1) - offset
+        values = survival[start:end]
+        values = values[np.isfinite(values)]
+        if values.size and values.mean() < ONSET_SURVIVAL:
+            return record.index
+    return None
+
+
+def _counterfactual(
+    model: LabModel, truth: Truth, arm: Arm, control: Rollout | None, prefill: int, total: int
+) -> tuple[Rollout, int | None]:
+    """The true-cache counterfactual of the control's rollout: rewritten at its drift onset (the control's own
+    rollout when it never drifts)."""
+    if control is None:
+        raise ValueError(f"arm {arm.name!r} needs the control {CONTROL!r} in the same run")
+    onset = drift_onset(control, prefill)
+    if onset is None:
+        return dataclasses.replace(control, generated=dataclasses.replace(control.generated, arm=arm.name)), None
+    policy = arm.create_policy(truth.latents)
+    generated = generate_with(model, arm.pipeline, arm.name, policy, truth, prefill, total - prefill,
+                              after_chunk=rewrite_cache_from_truth(truth, onset))  # fmt: skip
+    return decode_and_measure(model, truth, [generated])[0], onset
 
 
 def same_latents(generated: Generated, control: Generated) -> bool:

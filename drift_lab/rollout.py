@@ -194,6 +194,19 @@ def generate(model: LabModel, arm: Arm, truth: Truth, prefill_chunks: int, chunk
 
 StreamSetup = Callable[[StreamBase], None]
 """Called on a rollout's stream after its prefill, before the first generated chunk (e.g. to inject corruption)."""
+AfterChunk = Callable[[StreamBase, Chunk], None]
+"""Called after each generated chunk is committed, before the next one starts (e.g. to rewrite the cache)."""
+
+
+def rewrite_cache_from_truth(truth: Truth, onset: int) -> AfterChunk:
+    """After chunk ``onset - 1``, rewrite every cached frame's K/V from the true chunks (the true-cache
+    counterfactual): the stream's own cache-writing path under its own prompt, as a prompt switch re-encodes."""
+
+    def after(stream: StreamBase, chunk: Chunk) -> None:
+        if chunk.index == onset - 1:
+            stream.recache(stream.text, [truth.chunk(index) for index in range(onset)])
+
+    return after
 
 
 def generate_with(
@@ -205,8 +218,10 @@ def generate_with(
     prefill_chunks: int,
     chunks: int,
     setup: StreamSetup | None = None,
+    after_chunk: AfterChunk | None = None,
 ) -> Generated:
-    """:func:`generate` with a ready policy instance (any policy) and an optional ``setup`` of the stream."""
+    """:func:`generate` with a ready policy instance (any policy), an optional ``setup`` of the stream and a
+    callback ``after_chunk``."""
     if prefill_chunks < 1:
         raise ValueError(f"prefill_chunks must be >= 1; got {prefill_chunks}")
     if chunks < 1:
@@ -236,6 +251,8 @@ def generate_with(
                 )
             )
             latents.append(result.chunk.latents.float().cpu())
+            if after_chunk is not None:
+                after_chunk(stream, result.chunk)
     return Generated(arm_name, pipeline_name, truth.seed, prefill_chunks, torch.cat(latents, dim=1), records)
 
 
