@@ -22,7 +22,15 @@ import torch
 
 from drift_lab.analysis import LABELS, ORIENTATION, ArmRow, arm_rows, conclusions
 from drift_lab.arms import CONTROL
-from drift_lab.experiment import LATE_FRACTION, METRICS, ExperimentConfig, ExperimentResult, run_experiment, write_json
+from drift_lab.experiment import (
+    LATE_FRACTION,
+    METRICS,
+    ONSET_SURVIVAL,
+    ExperimentConfig,
+    ExperimentResult,
+    run_experiment,
+    write_json,
+)
 from drift_lab.figures import plot_flickering, plot_over_time, plot_strip
 from drift_lab.gate import CHECKS, evaluate_gate
 from drift_lab.rollout import EVALUATION_SEED_OFFSET, chunk_first_frame, load_lab_model
@@ -234,6 +242,13 @@ def _methods(inputs: ReportInputs) -> list[str]:
         "statistics) and change one thing each: no pruning; pruning at every chunk; judging the candidate "
         "against the encoded true chunk instead of the previous chunk. Self Forcing arms inspect the first "
         "denoising step unless named `_final`; Rolling Forcing can only inspect final blocks.\n",
+        "`true_cache` is the counterfactual behind TokenTrim's premise: the plain pipeline, except that at the "
+        f"control's drift onset (its first generated chunk after the first whose mean object survival is below "
+        f"{ONSET_SURVIVAL:g}) every cached frame's keys and values are rewritten from the true chunks, through the "
+        "pipeline's own cache-writing call. If that does not reduce drift, the drift is not carried by the cache "
+        "and pruning the cache cannot be what repairs it.\n",
+        "Injected corruption, a positive control with known truth at the token level, is a separate study: "
+        "`python -m drift_lab.injection_report` (`docs/drift-lab-injection.md`).\n",
         "### Rollouts\n",
     ]
     first = next(iter(result.models.values()))

@@ -36,10 +36,11 @@ def session(pipeline: str = "self_forcing") -> SessionInfo:
 def test_arm_table_matches_the_brief():
     assert arm_names("self_forcing") == [
         "none", "tokentrim", "tokentrim_final", "random", "regenerate", "always_trim", "oracle",
-        "tokentrim_p05", "tokentrim_p10", "tokentrim_p20",
+        "tokentrim_p05", "tokentrim_p10", "tokentrim_p20", "true_cache",
     ]  # fmt: skip
     assert arm_names("rolling_forcing") == [
         "none", "tokentrim_final", "random_final", "regenerate_final", "always_trim_final", "oracle_final",
+        "true_cache",
     ]  # fmt: skip
     assert len({arm.key for arm in ARMS}) == len(ARMS)
     assert get_arm("self_forcing", "tokentrim_p10").same_as == "tokentrim"
@@ -54,7 +55,7 @@ def test_every_arm_builds_a_fresh_policy_for_its_pipeline(arm):
     truth = torch.zeros(1, 9, *LATENT_SHAPE)
     first, second = arm.create_policy(truth), arm.create_policy(truth)
     assert first is not second
-    if arm.name == CONTROL:
+    if arm.name == CONTROL or arm.counterfactual:  # the counterfactual runs the control's policy
         assert first.stage is None
     elif arm.pipeline == "rolling_forcing" or arm.name.endswith("_final"):
         assert first.stage == "final"

@@ -1,14 +1,18 @@
-"""``make demo``: start the server on the embedded model, stream a short video with the client CLI, stop it.
+"""``make demo``: start the server on the demo model, stream a short video with the client CLI, stop it.
 
-Runs ``tokentrim-server --model tiny`` (or ``--model FOLDER``, e.g. a drift-lab model) on free localhost
-ports, waits until its health check says SERVING, streams a prompt into ``out/demo.mp4`` with
-``tokentrim-client stream`` (with one prompt switch and the TokenTrim policy when it is installed), prints
-where the metrics are and a few of their values, then stops the server with SIGTERM, as an orchestrator would.
+The demo model is the drift lab's gated model (``drift_lab/weights/cpu-seed0``, 64x64 bouncing shapes) when the
+checkout has it, else the embedded random-weight ``tiny`` model (noise); ``--model`` picks any other. It runs
+``tokentrim-server --model MODEL`` on free localhost ports, waits until its health check says SERVING, streams
+a prompt into ``out/demo.mp4`` with ``tokentrim-client stream`` (with one prompt switch and the TokenTrim
+policy when it is installed), prints where the metrics are and a few of their values, then stops the server
+with SIGTERM, as an orchestrator would. A lab model only knows its world's captions ("a red circle and a blue
+square bouncing on a plain gray background"), and streams with the attention window it was trained with.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shutil
 import signal
 import socket
@@ -18,6 +22,12 @@ import time
 import urllib.request
 from pathlib import Path
 
+# The lab model that passes the drift lab's quality gate (docs/drift-lab.md); relative to the repository root.
+LAB_MODEL = Path(__file__).resolve().parents[2] / "drift_lab" / "weights" / "cpu-seed0"
+LAB_PROMPT = "a red circle and a blue square bouncing on a plain gray background"
+LAB_SWITCH = "3:a large yellow circle and a green square bouncing on a plain gray background"
+TINY_PROMPT = "a red car drives along the beach at sunset"
+TINY_SWITCH = "3:a blue boat sails across a calm lake"
 SHOWN_SERIES = ("tokentrim_chunks_total", "tokentrim_frames_total", "tokentrim_policy_triggers_total",
                 "tokentrim_sessions_ended_total")
 
@@ -46,12 +56,17 @@ def wait_until_serving(target: str, server: subprocess.Popen, timeout: float = 1
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
-    parser.add_argument("--prompt", default="a red car drives along the beach at sunset")
-    parser.add_argument("--switch", default="3:a blue boat sails across a calm lake", help="CHUNK:PROMPT")
+    lab = (LAB_MODEL / "model_index.json").is_file()
+    parser.add_argument("--model", default=str(LAB_MODEL) if lab else "tiny",
+                        help="a model folder or tiny (embedded); default: the drift lab's model when present")
+    parser.add_argument("--prompt", default=None, help="default: a caption the model knows")
+    parser.add_argument("--switch", default=None, help="CHUNK:PROMPT (default: another caption at chunk 3)")
     parser.add_argument("--chunks", type=int, default=6)
     parser.add_argument("--out", default="out/demo.mp4")
-    parser.add_argument("--model", default="tiny", help="tiny (embedded) or a model folder, e.g. drift_lab/weights/...")
     args = parser.parse_args(argv)
+    window = lab_window_frames(args.model)
+    args.prompt = args.prompt or (LAB_PROMPT if window else TINY_PROMPT)
+    args.switch = args.switch or (LAB_SWITCH if window else TINY_SWITCH)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
@@ -65,6 +80,8 @@ def main(argv: list[str] | None = None) -> int:
         stream = [*client_command(), "stream", "--target", target, "--prompt", args.prompt,
                   "--chunks", str(args.chunks), "--switch", args.switch, "--out", args.out,
                   "--reports", str(Path(args.out).with_suffix(".jsonl"))]
+        if window:
+            stream += ["--option", f"local_attn_frames={window}"]
         streamed = subprocess.run([*stream, "--policy", "tokentrim"] if _has_tokentrim(target) else stream)
         if streamed.returncode != 0:
             raise SystemExit(f"tokentrim-client stream failed with exit code {streamed.returncode}")
@@ -77,6 +94,15 @@ def main(argv: list[str] | None = None) -> int:
         code = server.wait(timeout=120)
     print(f"server stopped (exit code {code}); video in {args.out}")
     return code
+
+
+def lab_window_frames(model: str) -> int | None:
+    """The attention window a drift-lab model was trained with (its clip, from ``training.json``), else ``None``."""
+    record = Path(model) / "training.json"
+    if not record.is_file():
+        return None
+    training = json.loads(record.read_text())
+    return int(training.get("clip_chunks", 3)) * int(training.get("frames_per_block", 3))
 
 
 def _has_tokentrim(target: str) -> bool:
