@@ -343,7 +343,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         f"| frame size | {metadata.get('default_size', '?')} |",
         f"| training clip | {metadata.get('clip_chunks', '?')} chunks of {FRAMES_PER_BLOCK} latent frames |",
         f"| command | `{metadata.get('command', '?')}` |",
-        f"| autoencoder steps | {metadata.get('vae_steps', '?')} |",
+        f"| autoencoder steps | {_vae_steps(metadata)} |",
         f"| transformer steps | {metadata.get('steps', '?')} |",
         f"| context noise augmentation | t <= {metadata.get('context_noise_aug', '?')} |",
         f"| device / dtype | {metadata.get('device', '?')} / {metadata.get('dtype', '?')} |",
@@ -380,6 +380,14 @@ def model_card(metadata: dict[str, Any]) -> str:
             "from it illustrate the method, they do not measure TokenTrim."
         )
     return "\n".join(lines) + "\n"
+
+
+def _vae_steps(metadata: dict[str, Any]) -> str:
+    """The autoencoder's steps, and how many were done when it stopped short of them."""
+    planned, done = metadata.get("vae_steps", "?"), metadata.get("vae_steps_done")
+    if done is None or done == planned:
+        return str(planned)
+    return f"{done} of {planned} planned (stage 1 stopped early)"
 
 
 def micro_lab_folder(root: Path, name: str = "untrained", seed: int = 0) -> Path:

@@ -78,6 +78,9 @@ class RunOptions:
     resume: Path | None = None  # checkpoint a staged run continues
     checkpoint_minutes: float = 5.0
     stop_after: int | None = None  # steps of this invocation before a staged run checkpoints and stops
+    # Stage transformer: accept an autoencoder whose stage 1 has not finished (its snapshot at its last
+    # checkpoint, e.g. one that passes its gate already); the model's record says how far it had got.
+    unfinished_vae: bool = False
 
     def validate(self) -> None:
         if self.seed < 0:
@@ -96,6 +99,8 @@ class RunOptions:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
         if (self.vae_from is not None) != (self.stage == "transformer"):
             raise ValueError("vae_from (the trained autoencoder's folder) goes with, and only with, stage transformer")
+        if self.unfinished_vae and self.stage != "transformer":
+            raise ValueError("unfinished_vae goes with stage transformer only")
         if self.stage == "transformer" and self.vae_steps is not None:
             raise ValueError("vae_steps is the trained autoencoder's: it cannot be set for stage transformer")
         # A one-shot run takes minutes (smoke, micro); only the stages of a long run checkpoint.
@@ -208,15 +213,19 @@ def _vae_record(preset: LabPreset, options: RunOptions, vae: AutoencoderKLWan, p
     }
 
 
-def load_vae_stage(folder: Path, preset: LabPreset) -> tuple[AutoencoderKLWan, dict[str, Any], LabPreset]:
-    """The finished autoencoder of a stage-1 folder and its record, checked to fit ``preset``, and ``preset``
-    with the autoencoder's training hyper-parameters as they were (what the model's record must show)."""
+def load_vae_stage(
+    folder: Path, preset: LabPreset, unfinished: bool = False
+) -> tuple[AutoencoderKLWan, dict[str, Any], LabPreset]:
+    """The finished autoencoder of a stage-1 folder (``unfinished``: or its last snapshot) and its record,
+    checked to fit ``preset``, and ``preset`` with the autoencoder's training hyper-parameters as they were
+    (what the model's record must show)."""
     record = json.loads((folder / TRAINING_FILE).read_text())
     if record.get("stage") != "vae":
         raise ValueError(f"{folder} is not an autoencoder written by --stage vae")
-    if not record["finished"]:
+    if not record["finished"] and not unfinished:
         raise ValueError(
-            f"the autoencoder in {folder} is unfinished ({record['steps_done']}/{record['vae_steps']} steps)"
+            f"the autoencoder in {folder} is unfinished ({record['steps_done']}/{record['vae_steps']} steps); "
+            "--unfinished-vae trains on its last snapshot"
         )
     if record["data_version"] != DATA_VERSION:
         raise ValueError(f"{folder} was trained on world {record['data_version']}; this lab renders {DATA_VERSION}")
@@ -234,7 +243,7 @@ def _transformer_stage(preset: LabPreset, out: Path, options: RunOptions) -> dic
     assert options.vae_from is not None  # validated
     streams = Streams.seeded(options.seed)
     components = build_lab_components(preset, options.seed)
-    vae, vae_record, preset = load_vae_stage(options.vae_from, preset)
+    vae, vae_record, preset = load_vae_stage(options.vae_from, preset, options.unfinished_vae)
     components.vae = vae.to(options.device)
     fingerprint = hashlib.sha256((options.vae_from / VAE_WEIGHTS).read_bytes()).hexdigest()
     identity = _identity("transformer", options, preset=preset.as_dict(), vae_sha256=fingerprint)
@@ -310,6 +319,7 @@ def _train_transformer(
             **{f"transformer_{name}": value for name, value in progress.final().items()},
         },
         "history": {"vae": vae_record["history"]["vae"], "transformer": progress.history},
+        "vae_steps_done": vae_record.get("steps_done", config.vae_steps),
         "stage_seconds": {"vae": vae_record["wall_seconds"], "transformer": round(progress.seconds, 1)},
         "wall_seconds": round(vae_record["wall_seconds"] + progress.seconds, 1),
     }
@@ -332,6 +342,12 @@ def build_parser() -> argparse.ArgumentParser:
         "the autoencoder of --vae-from",
     )
     parser.add_argument("--vae-from", type=Path, default=None, help="folder written by --stage vae (stage transformer)")
+    parser.add_argument(
+        "--unfinished-vae",
+        action="store_true",
+        help="stage transformer: train on the --vae-from autoencoder's last snapshot although stage 1 has not "
+        "finished (gate it first); the model's record keeps how many of its steps were done",
+    )
     parser.add_argument("--resume", type=Path, default=None, help="continue a staged run from this checkpoint")
     parser.add_argument(
         "--checkpoint-minutes",
@@ -386,6 +402,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         resume=args.resume,
         checkpoint_minutes=args.checkpoint_minutes,
         stop_after=args.stop_after,
+        unfinished_vae=args.unfinished_vae,
     )
     try:
         metadata = train_lab_model(get_preset(args.preset), args.out, options)

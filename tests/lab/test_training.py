@@ -306,6 +306,13 @@ def test_the_transformer_stage_refuses_an_unfinished_autoencoder(tmp_path: Path)
     assert not stopped["finished"] and (tmp_path / "vae/vae/config.json").is_file()  # a snapshot to gate
     with pytest.raises(ValueError, match=r"unfinished \(1/4 steps\)"):
         train_lab_model(MICRO, tmp_path / "m", RunOptions(stage="transformer", vae_from=tmp_path / "vae"))
+    # Asked for explicitly, it trains on the snapshot and records how far stage 1 had got.
+    options = RunOptions(stage="transformer", vae_from=tmp_path / "vae", unfinished_vae=True, steps=2)
+    model = train_lab_model(MICRO, tmp_path / "m", options)
+    assert model["finished"] and model["vae_steps_done"] == 1 and model["vae_steps"] == 4
+    assert "1 of 4 planned (stage 1 stopped early)" in (tmp_path / "m/MODEL_CARD.md").read_text()
+    with pytest.raises(ValueError, match="unfinished_vae goes with stage transformer"):
+        RunOptions(stage="vae", unfinished_vae=True).validate()
 
 
 def test_object_weights_follow_the_crop() -> None:
