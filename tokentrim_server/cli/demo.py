@@ -22,6 +22,9 @@ import time
 import urllib.request
 from pathlib import Path
 
+import av
+from PIL import Image
+
 # The lab model that passes the drift lab's quality gate (docs/drift-lab.md); relative to the repository root.
 LAB_MODEL = Path(__file__).resolve().parents[2] / "drift_lab" / "weights" / "cpu-seed0"
 LAB_PROMPT = "a red circle and a blue square bouncing on a plain gray background"
@@ -63,6 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--switch", default=None, help="CHUNK:PROMPT (default: another caption at chunk 3)")
     parser.add_argument("--chunks", type=int, default=6)
     parser.add_argument("--out", default="out/demo.mp4")
+    parser.add_argument("--strip", default=None, help="also write a PNG strip of evenly spaced frames here")
     args = parser.parse_args(argv)
     window = lab_window_frames(args.model)
     args.prompt = args.prompt or (LAB_PROMPT if window else TINY_PROMPT)
@@ -93,7 +97,25 @@ def main(argv: list[str] | None = None) -> int:
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=120)
     print(f"server stopped (exit code {code}); video in {args.out}")
+    if args.strip and code == 0:
+        write_strip(Path(args.out), Path(args.strip))
+        print(f"strip of frames in {args.strip}")
     return code
+
+
+def write_strip(video: Path, out: Path, count: int = 8, scale: int = 2) -> None:
+    """``count`` evenly spaced frames of ``video`` side by side, each enlarged ``scale`` times (nearest), as a PNG."""
+    with av.open(str(video)) as container:
+        frames = [frame.to_image() for frame in container.decode(video=0)]
+    if not frames:
+        raise SystemExit(f"{video} holds no frames")
+    picked = [frames[round(i * (len(frames) - 1) / max(count - 1, 1))] for i in range(min(count, len(frames)))]
+    width, height = picked[0].width * scale, picked[0].height * scale
+    strip = Image.new("RGB", (width * len(picked) + 2 * (len(picked) - 1), height), "white")
+    for index, frame in enumerate(picked):
+        strip.paste(frame.resize((width, height), Image.Resampling.NEAREST), (index * (width + 2), 0))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    strip.save(out)
 
 
 def lab_window_frames(model: str) -> int | None:
