@@ -14,6 +14,7 @@ from collections import deque
 from collections.abc import Sequence
 
 import torch
+from reference_case import PromptSwitch
 
 from tokentrim_server.models.causal_wan import TextContext
 from tokentrim_server.models.rope import apply_rotary
@@ -96,11 +97,11 @@ class OfficialContext:
 
 
 def official_longlive(
-    stream: SelfForcingStream, texts: Sequence[TextContext], switches: Sequence[tuple[int, int]], global_sink: bool
+    stream: SelfForcingStream, texts: Sequence[TextContext], switches: Sequence[PromptSwitch], global_sink: bool
 ) -> torch.Tensor:
     """The official ``inference`` loop over ``stream``'s blocks (its noise, schedule and model; not its cache).
 
-    ``switches``: ``(frame, prompt_index)`` sorted by frame; ``texts[0]`` is used from frame 0. Returns the latents.
+    ``switches`` are sorted by frame; ``texts[0]`` is used from frame 0. Returns the latents.
     """
     fpb, local = stream.frames_per_block, stream.options.local_attn_frames
     cache = OfficialCache(stream, stream.num_blocks * fpb)
@@ -109,8 +110,8 @@ def official_longlive(
     stream.text = texts[0]
     for block in range(stream.num_blocks):
         start = block * fpb
-        if pending and start >= pending[0][0]:
-            stream.text = texts[pending.popleft()[1]]
+        if pending and start >= pending[0].frame:
+            stream.text = texts[pending.popleft().prompt_index]
             if not global_sink:
                 cache.zero()
             count = start if local == -1 else min(local, start)

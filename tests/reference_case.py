@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections import deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -23,7 +24,7 @@ from tokentrim_server.loading.checkpoints import (
     read_state_dict,
     read_transformer_config,
 )
-from tokentrim_server.models.causal_wan import CausalWanTransformer
+from tokentrim_server.models.causal_wan import CausalWanTransformer, TextContext
 from tokentrim_server.pipelines.base import Chunk, PipelineBase, StreamBase
 from tokentrim_server.pipelines.noise import ReplayNoise
 from tokentrim_server.pipelines.registry import build_pipeline
@@ -84,19 +85,26 @@ class ReferenceCase:
         return pipeline.open(self.prompt(0), shape, ReplayNoise(self.tensors), self.num_blocks)
 
     def run(self) -> torch.Tensor:
-        """All chunks of the case concatenated, ``[1, F, C, H, W]``, switching prompts on the case's schedule.
+        """All chunks of the case concatenated, ``[1, F, C, H, W]``, switching prompts on the case's schedule."""
+        texts = [self.model.encode_text(self.prompt(i)) for i in range(self.tensors["prompt_embeds"].shape[0])]
+        return run_with_switches(self.open(), texts, self.switches)
 
-        As in the official loop, a block boundary applies at most one switch: the next one, once the block's
-        start frame has reached it.
-        """
-        stream = self.open()
-        pending = deque(self.switches)
-        chunks: list[Chunk] = []
-        while not stream.done:
-            if pending and stream.emitted * stream.frames_per_block >= pending[0].frame:
-                stream.recache(self.model.encode_text(self.prompt(pending.popleft().prompt_index)), chunks)
-            chunks.append(stream.next_chunk())
-        return torch.cat([chunk.latents for chunk in chunks], dim=1)
+
+def run_with_switches(
+    stream: StreamBase, texts: Sequence[TextContext], switches: Sequence[PromptSwitch]
+) -> torch.Tensor:
+    """Every chunk of ``stream`` concatenated; ``texts[0]`` is the stream's own, ``switches`` are sorted by frame.
+
+    As in the official loop, a block boundary applies at most one switch: the next one, once the block's start
+    frame has reached it; the stream re-encodes its cache in its own recache mode.
+    """
+    pending = deque(switches)
+    chunks: list[Chunk] = []
+    while not stream.done:
+        if pending and stream.emitted * stream.frames_per_block >= pending[0].frame:
+            stream.recache(texts[pending.popleft().prompt_index], chunks)
+        chunks.append(stream.next_chunk())
+    return torch.cat([chunk.latents for chunk in chunks], dim=1)
 
 
 def load_case(folder: str | Path, checkpoint_key: str | None = None) -> ReferenceCase:

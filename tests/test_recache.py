@@ -6,8 +6,9 @@ import pytest
 import torch
 from longlive_official import official_longlive
 from policy_support import LATENT_SHAPE, prompt, rolling_stream, self_forcing_stream, tiny_model
+from reference_case import PromptSwitch, run_with_switches
 
-from tokentrim_server.pipelines.base import Chunk, StreamBase
+from tokentrim_server.pipelines.base import StreamBase
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.recache import LongLiveRecache, longlive_recache
 from tokentrim_server.pipelines.registry import build_pipeline, pipeline_options
@@ -25,17 +26,6 @@ SMALL = {"local_attn_frames": 9, "denoising_steps": (1000, 500)}
 def longlive_stream(model, blocks: int, **options) -> StreamBase:
     pipeline = build_pipeline("longlive", model, {**SMALL, **options})
     return pipeline.open(prompt(), LATENT_SHAPE, SeededNoise(3), blocks)
-
-
-def run_with_switches(stream: StreamBase, texts, switches) -> torch.Tensor:
-    """Every chunk of ``stream``, switching to ``texts[i]`` before the block that reaches each ``(frame, i)``."""
-    chunks: list[Chunk] = []
-    pending = list(switches)
-    while not stream.done:
-        if pending and stream.emitted * stream.frames_per_block >= pending[0][0]:
-            stream.recache(texts[pending.pop(0)[1]], chunks)
-        chunks.append(stream.next_chunk())
-    return torch.cat([chunk.latents for chunk in chunks], 1)
 
 
 def sink_kv(stream: StreamBase) -> list[torch.Tensor]:
@@ -82,6 +72,7 @@ OFFICIAL_RUNS = {
 @pytest.mark.parametrize("options, blocks, switches", OFFICIAL_RUNS.values(), ids=OFFICIAL_RUNS.keys())
 def test_longlive_recache_matches_the_official_cache_arithmetic(model, options, blocks, switches):
     texts = [model.encode_text(prompt(seed)) for seed in (1, 98, 99)]
+    switches = [PromptSwitch(frame, index) for frame, index in switches]
     ours = run_with_switches(longlive_stream(model, blocks, **options), texts, switches)
     official = official_longlive(
         longlive_stream(model, blocks, **options),
@@ -99,7 +90,7 @@ def test_the_official_transcription_notices_a_missing_recache(model):
     chunks = [stream.next_chunk() for _ in range(4)]
     stream.text = texts[1]
     chunks += list(stream)
-    official = official_longlive(longlive_stream(model, 6), texts, [(12, 1)], global_sink=True)
+    official = official_longlive(longlive_stream(model, 6), texts, [PromptSwitch(12, 1)], global_sink=True)
     assert (torch.cat([c.latents for c in chunks], 1) - official).abs().max() > 1e-4
 
 
