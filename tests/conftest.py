@@ -11,8 +11,9 @@ REFERENCE_ROOT = Path(__file__).resolve().parents[1].parent / "shared" / "refere
 
 
 def parity_case_folders() -> list[Path]:
-    """Every case under ../shared/reference plus those listed in TOKENTRIM_PARITY_CASES (os.pathsep)."""
-    folders = sorted(p for p in REFERENCE_ROOT.glob("*") if (p / "case.json").is_file())
+    """Every case under ../shared/reference (at any depth: LongLive's are under longlive/) plus those listed in
+    TOKENTRIM_PARITY_CASES (os.pathsep)."""
+    folders = sorted(case.parent for case in REFERENCE_ROOT.rglob("case.json"))
     extra = os.environ.get("TOKENTRIM_PARITY_CASES", "")
     folders += [Path(p) for p in extra.split(os.pathsep) if p.strip()]
     return folders

@@ -17,6 +17,9 @@ CASES = {
     "self_forcing window and sink": ("self_forcing", {"local_attn_frames": 12, "sink_frames": 3}, None, 6),
     "self_forcing global, bounded": ("self_forcing", {}, 5, 5),
     "rolling_forcing": ("rolling_forcing", {}, None, 10),
+    # The prompt switch (step 5, frame 15) re-encodes LongLive's whole 12-frame window, evicted frames included.
+    "longlive": ("longlive", {}, None, 10),
+    "longlive without a global sink": ("longlive", {"global_sink": False}, None, 10),
 }
 
 

@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import pytest
 import torch
-from policy_support import rolling_stream, self_forcing_stream, tiny_model
+from policy_support import LATENT_SHAPE, prompt, rolling_stream, self_forcing_stream, tiny_model
 
 from tokentrim_server.engine import open_runner
 from tokentrim_server.hooks import DenoisingStep, create_hook, hook_names, load_hook
 from tokentrim_server.models.causal_wan import CausalWanTransformer
+from tokentrim_server.pipelines.noise import SeededNoise
+from tokentrim_server.pipelines.registry import build_pipeline
 from tokentrim_server.policies import ParameterError, create_policy
 
 flowmo_plugin = pytest.importorskip("flowmo_plugin", reason="install plugins/flowmo (make install)")
@@ -180,6 +182,11 @@ def test_flowmo_is_registered_and_validates_its_parameters() -> None:
     ]:
         with pytest.raises(ParameterError, match=message):
             create_hook("flowmo", params)
+
+
+def test_flowmo_serves_longlive_sessions(model) -> None:
+    stream = build_pipeline("longlive", model).open(prompt(), LATENT_SHAPE, SeededNoise(3), 2)
+    open_runner(stream, create_policy("none"), hooks=[create_hook("flowmo")]).close()
 
 
 def test_flowmo_refuses_sessions_it_cannot_serve(model) -> None:

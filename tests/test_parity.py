@@ -1,4 +1,4 @@
-"""Parity with the official Self Forcing / Rolling Forcing code on recorded reference cases."""
+"""Parity with the official Self Forcing / Rolling Forcing / LongLive code on recorded reference cases."""
 
 from __future__ import annotations
 

@@ -173,6 +173,13 @@ def test_server_info_publishes_json_schemas(server):
     assert schema["properties"]["frames_per_block"]["type"] == "integer"
     assert schema["properties"]["warp_denoising_step"]["type"] == "boolean"
     assert schema["properties"]["timestep_shift"]["exclusiveMinimum"] == 0
+    assert schema["properties"]["recache"]["enum"] == ["block_causal", "longlive"]
+    assert schema["properties"]["recache"]["default"] == "block_causal"
+    longlive = next(pipeline for pipeline in info.pipelines if pipeline.name == "longlive").options_schema
+    assert longlive["properties"]["recache"]["default"] == "longlive"
+    assert (longlive["properties"]["global_sink"]["type"], longlive["properties"]["global_sink"]["default"]) == (
+        "boolean", True
+    )
     tokentrim = next(policy for policy in info.cache_policies if policy.name == "tokentrim")
     prune_ratio = tokentrim.parameters_schema["properties"]["prune_ratio"]
     assert prune_ratio["type"] == "number" and prune_ratio["exclusiveMaximum"] == 1

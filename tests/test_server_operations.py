@@ -126,7 +126,7 @@ def test_health_reflection_and_info(tiny_bundle):
         names = {service.name for reply in replies for service in reply.list_services_response.service}
         assert {"tokentrim.v1.StreamingService", "grpc.health.v1.Health"} <= names
         info = server.stub.GetServerInfo(pb.GetServerInfoRequest())
-        assert {p.name for p in info.pipelines} == {"self_forcing", "rolling_forcing"}
+        assert {p.name for p in info.pipelines} == {"self_forcing", "rolling_forcing", "longlive"}
         assert {p.name for p in info.cache_policies} >= {"none", "tokentrim", "random"}
         assert "flowmo" in {h.name for h in info.session_hooks}
         tokentrim = next(p for p in info.cache_policies if p.name == "tokentrim")

@@ -24,7 +24,7 @@ from pydantic import Field, TypeAdapter, ValidationError
 class SessionInfo:
     """What a plugin may know about the session it serves."""
 
-    pipeline: str  # "self_forcing" or "rolling_forcing"
+    pipeline: str  # "self_forcing", "rolling_forcing" or "longlive"
     seed: int | None  # the session's noise seed (None when the noise is replayed)
     batch: int
     frames_per_block: int

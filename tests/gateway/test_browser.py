@@ -76,7 +76,7 @@ def test_page_streams_video_and_charts_every_chunk(browser: Any, gateway: Gatewa
     open_page(browser, gateway.url)
     # The form comes from GetServerInfo: every pipeline and installed policy, with the policy's own parameters.
     pipelines = browser.execute_script("return [...document.getElementById('pipeline').options].map(o => o.value)")
-    assert set(pipelines) == {"self_forcing", "rolling_forcing"}
+    assert set(pipelines) == {"self_forcing", "rolling_forcing", "longlive"}
     browser.execute_script("const s = document.getElementById('policy'); s.value = 'tokentrim'; s.onchange();")
     params = browser.execute_script(
         "return [...document.querySelectorAll('#policy-params [data-name]')].map(e => e.dataset.name)")

@@ -10,8 +10,9 @@ every structural change (commit, eviction, token removal) applies to every layer
 eviction physically compact the buffers: a removed token can never take part in attention again, and
 nothing is ever zeroed in place.
 
-Sink frames are the first ``sink_frames`` latent frames of the stream. They are never evicted and never
-lose tokens.
+Sink frames are ``sink_frames`` latent frames from ``sink_start``: the first frames of the stream, until a
+LongLive recache without a global sink (:meth:`reset`) makes the first frames it writes the sink. They are
+never evicted and never lose tokens; every cached frame before ``sink_end`` is a sink frame.
 
 A session's cache is created with the most frames its pipeline's rules let it hold (``capacity_frames``, the
 bound admission control reserved): its buffers are allocated at that size on the first write, once, and a
@@ -49,6 +50,7 @@ class KVCache:
         self.num_layers = num_layers
         self.tokens_per_frame = tokens_per_frame
         self.sink_frames = sink_frames
+        self.sink_start = 0  # first frame of the sink
         self.capacity_tokens = None if capacity_frames is None else capacity_frames * tokens_per_frame
         self._k: list[torch.Tensor] = []
         self._v: list[torch.Tensor] = []
@@ -62,6 +64,15 @@ class KVCache:
     def frames(self) -> list[int]:
         """Absolute indices of the committed frames, oldest first."""
         return torch.unique_consecutive(self._token_frame[: self.length]).tolist()
+
+    @property
+    def sink_end(self) -> int:
+        """First frame after the sink: every cached frame before it is a sink frame."""
+        return self.sink_start + self.sink_frames
+
+    def context_frames(self) -> list[int]:
+        """Absolute indices of the committed non-sink frames, oldest first."""
+        return [frame for frame in self.frames if frame >= self.sink_end]
 
     def frame_token_counts(self) -> dict[int, int]:
         frames, counts = torch.unique_consecutive(self._token_frame[: self.length], return_counts=True)
@@ -112,7 +123,7 @@ class KVCache:
         excess = len(frames) - max_frames
         if excess <= 0:
             return 0
-        movable = [f for f in frames if f >= self.sink_frames]
+        movable = [f for f in frames if f >= self.sink_end]
         if excess > len(movable):
             raise ValueError(f"cannot keep {max_frames} frames with {self.sink_frames} sink frames")
         dropped = torch.tensor(movable[:excess])
@@ -125,7 +136,7 @@ class KVCache:
         ``frames`` limits the removal to those absolute frames (default: every cached non-sink frame).
         """
         token_frame = self._token_frame[: self.length]
-        hit = torch.isin(self._token_pos[: self.length], positions.cpu()) & (token_frame >= self.sink_frames)
+        hit = torch.isin(self._token_pos[: self.length], positions.cpu()) & (token_frame >= self.sink_end)
         if frames is not None:
             hit &= torch.isin(token_frame, torch.tensor(frames, dtype=torch.long))
         removed = int(hit.sum())
@@ -137,6 +148,12 @@ class KVCache:
         """Forget committed frames ``>= frame`` (they are about to be written again)."""
         self.length = int((self._token_frame[: self.length] < frame).sum())
         self._pending = 0
+
+    def reset(self, sink_start: int = 0) -> None:
+        """Forget every committed frame, keeping the buffers; the next frames written from ``sink_start`` on are
+        the sink (a LongLive recache without a global sink)."""
+        self.length = self._pending = 0
+        self.sink_start = sink_start
 
     def to(self, device: torch.device) -> None:
         """Move the buffers to ``device``, contents unchanged (the token bookkeeping lives on the CPU anyway)."""
@@ -153,11 +170,11 @@ class KVCache:
 
     def sink_tokens(self) -> int:
         """Committed tokens that belong to sink frames (they lead the buffer)."""
-        return int((self._token_frame[: self.length] < self.sink_frames).sum())
+        return int((self._token_frame[: self.length] < self.sink_end).sum())
 
     def recent_start(self, num_frames: int) -> int:
         """Token index where the newest ``num_frames`` committed non-sink frames begin."""
-        recent = [f for f in self.frames if f >= self.sink_frames][-num_frames:] if num_frames > 0 else []
+        recent = self.context_frames()[-num_frames:] if num_frames > 0 else []
         if not recent:
             return self.length
         return int((self._token_frame[: self.length] < recent[0]).sum())

@@ -72,7 +72,7 @@ class GenerationSession:
         self.runner = open_runner(stream, plan.policy, plan.seed, plan.hooks)
         self.decoder = StreamingVaeDecoder(bundle.vae) if plan.decode else None
         self.render_stream = RenderStream(model.device)
-        # The emitted chunks whose frames may still be cached: what a prompt switch re-encodes.
+        # The emitted chunks a prompt switch would read (the stream's recache mode says which).
         self._recent: deque[Chunk] = deque()
         self._pending_prompt: str | None = None
         self._prompt_lock = threading.Lock()
@@ -156,7 +156,6 @@ class GenerationSession:
         return time.perf_counter() - started
 
     def _remember(self, chunk: Chunk) -> None:
-        # Not a prefix rule: sink frames stay cached while the frames after them are evicted.
+        # Not a prefix rule: block-causally, sink frames stay cached while the frames after them are evicted.
         self._recent.append(chunk)
-        cached = set(self.runner.stream.cache.frames)
-        self._recent = deque(kept for kept in self._recent if kept.frame_start in cached)
+        self._recent = deque(kept for kept in self._recent if self.runner.stream.recache_reads(kept))

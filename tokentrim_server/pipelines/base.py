@@ -190,19 +190,24 @@ class StreamBase:
         raise NotImplementedError
 
     def recache(self, text: TextContext, chunks: Sequence[Chunk]) -> None:
-        """Switch to a new prompt at a chunk boundary, as LongLive does: re-encode the cached frames under it.
+        """Switch to a new prompt at a chunk boundary, block-causally (this project's own recache).
 
-        ``chunks`` are the emitted chunks in order; those whose frames are still cached are written again
-        with the new text's cross-attention, through the pipeline's own cache-writing call, so the next
-        chunk attends to a context consistent with the new prompt. Positions a cache policy pruned come
-        back whole (the recent context is rebuilt, not edited).
+        ``chunks`` are the emitted chunks in order (at least those :meth:`recache_reads`); those whose frames are
+        still cached, sink included, are written again under the new text, chunk by chunk through the pipeline's
+        own cache-writing call, so each attends to the ones rewritten before it and to itself, and the next chunk
+        attends to a context consistent with the new prompt. Positions a cache policy pruned come back whole
+        (the recent context is rebuilt, not edited).
         """
         cached = set(self.cache.frames)
         self.text = text
-        self.cache.clear()
+        self.cache.reset()
         for chunk in chunks:
             if chunk.frame_start in cached:
                 self.rewrite_chunk(chunk)
+
+    def recache_reads(self, chunk: Chunk) -> bool:
+        """Whether a prompt switch now would read emitted ``chunk`` (a session keeps those, and only those)."""
+        return chunk.frame_start in self.cache.frames
 
     def rewrite_chunk(self, chunk: Chunk) -> None:
         """Write an emitted chunk's clean latents into the cache again (used by :meth:`recache`)."""

@@ -16,6 +16,7 @@ from typing import Annotated
 from pydantic import ConfigDict, Field
 
 from tokentrim_server.pipelines.base import check_positive
+from tokentrim_server.pipelines.recache import RecacheMode
 from tokentrim_server.pipelines.schedule import NUM_TRAIN_TIMESTEPS, denoising_timesteps
 
 STRICT_OPTIONS = ConfigDict(strict=True, allow_inf_nan=False, extra="forbid")
@@ -43,6 +44,16 @@ LocalAttentionFrames = Annotated[
 ]
 SinkFrames = Annotated[
     int, Field(ge=0, le=MAX_OPTION_FRAMES, description="first latent frames kept in the cache for ever")
+]
+Recache = Annotated[
+    RecacheMode,
+    Field(description="how a prompt switch re-encodes the cache: 'longlive' (LongLive v1.0: one joint call over the "
+                      "last local_attn_frames frames) or 'block_causal' (every cached frame, chunk by chunk)"),
+]
+GlobalSink = Annotated[
+    bool,
+    Field(description="recache 'longlive' only (LongLive's global_sink): the sink keeps its first K/V across prompt "
+                      "switches; false: a switch past the window makes the re-encoded window's first frames the sink"),
 ]
 CacheFrames = Annotated[
     int, Field(ge=1, le=MAX_OPTION_FRAMES, description="latent frames the KV cache holds, the sink included")

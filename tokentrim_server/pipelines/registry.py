@@ -18,10 +18,13 @@ from pydantic import TypeAdapter, ValidationError
 
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.pipelines.base import PipelineBase
+from tokentrim_server.pipelines.longlive import LongLivePipeline
 from tokentrim_server.pipelines.rolling_forcing import RollingForcingPipeline
 from tokentrim_server.pipelines.self_forcing import SelfForcingPipeline
 
-PIPELINES: dict[str, type[PipelineBase]] = {spec.name: spec for spec in (SelfForcingPipeline, RollingForcingPipeline)}
+PIPELINES: dict[str, type[PipelineBase]] = {
+    spec.name: spec for spec in (SelfForcingPipeline, RollingForcingPipeline, LongLivePipeline)
+}
 _SHOWN_INPUT_CHARS = 40  # an echoed value is cut here: a 300-digit number helps nobody
 _MUST = re.compile(r"^(Input|Tuple|List) should ")  # pydantic's "Input should be ..." as "must be ..."
 

@@ -5,11 +5,13 @@ denoising steps (each call predicts flow, x0 = x_t - sigma v, then x0 is renoise
 the block's keyed noise), emit x0 of the last step, and write the cache with one more call on that clean
 chunk at ``t = context_noise``. In local mode the cache keeps a window of ``local_attn_frames`` frames
 *including* the block being denoised, with the first ``sink_frames`` frames kept for ever.
+
+A prompt switch re-encodes the cache in the session's ``recache`` mode (:mod:`tokentrim_server.pipelines.recache`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -17,8 +19,10 @@ import torch
 
 from tokentrim_server.cache.contexts import BlockCausalContext
 from tokentrim_server.cache.scratch import ScratchView
+from tokentrim_server.models.causal_wan import TextContext
 from tokentrim_server.pipelines.base import CandidateStage, Chunk, ChunkAttempt, PipelineBase, StepAdjuster, StreamBase
-from tokentrim_server.pipelines.options import LocalAttentionFrames, PipelineOptions, SinkFrames
+from tokentrim_server.pipelines.options import GlobalSink, LocalAttentionFrames, PipelineOptions, Recache, SinkFrames
+from tokentrim_server.pipelines.recache import LongLiveRecache, longlive_recache
 from tokentrim_server.pipelines.schedule import to_x0
 
 
@@ -28,9 +32,13 @@ class SelfForcingOptions(PipelineOptions):
 
     local_attn_frames: LocalAttentionFrames = -1  # -1: global attention, no eviction
     sink_frames: SinkFrames = 0
+    recache: Recache = "block_causal"  # official Self Forcing has no prompt switch: this project's own design
+    global_sink: GlobalSink = True
 
     def validate(self) -> None:
         super().validate()
+        if not self.global_sink and self.recache != "longlive":
+            raise ValueError(f"global_sink applies to recache 'longlive' only; got recache {self.recache!r}")
         if self.local_attn_frames != -1:
             minimum = self.frames_per_block + self.sink_frames + 1
             if self.local_attn_frames < minimum:
@@ -114,8 +122,45 @@ class SelfForcingStream(StreamBase):
         self.commit(chunk.latents)
 
     def rewrite_chunk(self, chunk: Chunk) -> None:
-        self.block_call(chunk.latents, self.options.context_noise, chunk.frame_start)
-        self.cache.commit(chunk.frame_start, chunk.latents.shape[1])
+        self.rewrite_frames(chunk.latents, chunk.frame_start)
+
+    def rewrite_frames(self, latents: torch.Tensor, frame_start: int) -> None:
+        """Write clean frames from ``frame_start`` into the cache in one call at ``context_noise`` and commit them."""
+        self.block_call(latents, self.options.context_noise, frame_start)
+        self.cache.commit(frame_start, latents.shape[1])
+
+    def recache(self, text: TextContext, chunks: Sequence[Chunk]) -> None:
+        """Switch to a new prompt in the session's ``recache`` mode (``longlive``: see :meth:`recache_longlive`)."""
+        if self.options.recache == "longlive":
+            self.recache_longlive(text, chunks)
+        else:
+            super().recache(text, chunks)
+
+    def recache_longlive(self, text: TextContext, chunks: Sequence[Chunk]) -> None:
+        """LongLive v1.0's recache: the last frames (:func:`longlive_recache`) re-encoded in one unmasked call.
+
+        The call writes its frames' K/V behind what the cache keeps (the old sink under ``global_sink``, else
+        nothing) and attends to all of it and to every frame of the call, later ones included. Positions a cache
+        policy pruned from the re-encoded frames come back whole; evicted frames inside the window come back too.
+        """
+        plan = self.longlive_plan()
+        self.text = text
+        if plan.keeps_sink:
+            self.cache.drop_from(self.cache.sink_end)
+        else:
+            self.cache.reset(sink_start=plan.first_frame)
+        if plan.first_frame < self.frame_start:
+            self.rewrite_frames(frames_between(chunks, plan.first_frame, self.frame_start), plan.first_frame)
+
+    def longlive_plan(self) -> LongLiveRecache:
+        """What a LongLive recache before the next block writes."""
+        options = self.options
+        return longlive_recache(self.frame_start, options.local_attn_frames, options.sink_frames, options.global_sink)
+
+    def recache_reads(self, chunk: Chunk) -> bool:
+        if self.options.recache == "longlive":
+            return chunk.frame_start + chunk.latents.shape[1] > self.longlive_plan().first_frame
+        return super().recache_reads(chunk)
 
     def predictor(self, timestep: float) -> Callable[..., torch.Tensor]:
         """The current block's model call at ``timestep``, differentiable, reading the cache, writing nothing.
@@ -150,6 +195,20 @@ class SelfForcingStream(StreamBase):
         context = BlockCausalContext(self.cache, self.rotary(frame_start, latents.shape[1]))
         timesteps = torch.full(latents.shape[:2], timestep, device=latents.device, dtype=torch.float32)
         return self.call(latents, timesteps, frame_start, context)
+
+
+def frames_between(chunks: Sequence[Chunk], start: int, end: int) -> torch.Tensor:
+    """Latent frames ``start .. end-1`` cut from the emitted ``chunks`` that hold them (``[B, end-start, C, H, W]``)."""
+    covering = sorted(
+        (c for c in chunks if c.frame_start < end and c.frame_start + c.latents.shape[1] > start),
+        key=lambda c: c.frame_start,
+    )
+    starts = [c.frame_start for c in covering]
+    ends = [c.frame_start + c.latents.shape[1] for c in covering]
+    if not covering or starts[0] > start or ends[-1] < end or starts[1:] != ends[:-1]:
+        raise ValueError(f"the emitted chunks must hold latent frames {start}..{end - 1} without a gap")
+    latents = torch.cat([c.latents for c in covering], dim=1)
+    return latents[:, start - starts[0] : end - starts[0]]
 
 
 class SelfForcingPipeline(PipelineBase):

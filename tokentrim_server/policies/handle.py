@@ -32,7 +32,7 @@ class CacheHandle:
 
     def context_frames(self) -> list[int]:
         """Absolute indices of the committed frames a removal can touch (every non-sink frame)."""
-        return [frame for frame in self._cache.frames if frame >= self._cache.sink_frames]
+        return self._cache.context_frames()
 
     def frame_token_counts(self) -> dict[int, int]:
         return self._cache.frame_token_counts()

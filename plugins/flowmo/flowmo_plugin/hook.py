@@ -22,6 +22,7 @@ from tokentrim_server.hooks import DenoisingStep, SessionHook
 from tokentrim_server.policies import Parameter, SessionInfo
 
 MIN_FRAMES = 3  # two frame distances at least, or their variance is zero
+SELF_FORCING_STREAMS = ("self_forcing", "longlive")  # LongLive runs the Self Forcing stream with its own recache
 
 
 @dataclass(frozen=True)
@@ -74,8 +75,9 @@ class FlowMoHook(SessionHook):
         return self.params["iterations"]
 
     def start(self, session: SessionInfo) -> None:
-        if session.pipeline != "self_forcing":
-            raise ValueError(f"FlowMo needs the self_forcing pipeline; got {session.pipeline!r}")
+        if session.pipeline not in SELF_FORCING_STREAMS:
+            needed = ", ".join(SELF_FORCING_STREAMS)
+            raise ValueError(f"FlowMo needs a Self Forcing stream ({needed}); got {session.pipeline!r}")
         if session.frames_per_block < MIN_FRAMES:
             raise ValueError(
                 f"FlowMo needs at least {MIN_FRAMES} latent frames per block (two frame-to-frame distances to "
