@@ -17,8 +17,10 @@ reconstruction must pass the free-rollout object checks above (count, colour, su
 It reads ``FOLDER/vae`` and ``FOLDER/training.json``: a folder of ``drift_lab.train --stage vae`` (also while
 it trains: each checkpoint rewrites them) or a whole model folder.
 
-``python -m drift_lab.gate FOLDER [--vae-only] [--seeds N] [--json]`` prints each metric with its threshold
-and verdict and exits 0 when every check passes, 1 otherwise.
+``python -m drift_lab.gate FOLDER [--vae-only] [--seeds N] [--json] [--record]`` prints each metric with its
+threshold and verdict and exits 0 when every check passes, 1 otherwise. ``--record`` also writes the result
+into ``FOLDER/training.json`` (``gate``, or ``vae_gate`` with ``--vae-only``) and, in a model folder, rewrites
+its ``MODEL_CARD.md`` so the card carries the values.
 """
 
 from __future__ import annotations
@@ -40,7 +42,7 @@ from diffusers import AutoencoderKLWan
 from drift_lab.arms import CONTROL, get_arm
 from drift_lab.latents import encode_frames
 from drift_lab.measure import FrameMetrics, measure
-from drift_lab.model import TRAINING_FILE
+from drift_lab.model import TRAINING_FILE, model_card
 from drift_lab.rollout import (
     EVALUATION_SEED_OFFSET,
     LabModel,
@@ -203,6 +205,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: %(default)s)")
+    parser.add_argument("--record", action="store_true",
+                        help="write the result into FOLDER/training.json and the model card")  # fmt: skip
     return parser
 
 
@@ -218,7 +222,20 @@ def main(argv: list[str] | None = None) -> int:
         model = load_lab_model(args.folder, device=args.device, dtype=args.dtype)
         result = evaluate_gate(model, args.seeds, progress=True)
     print(json.dumps(result, indent=2) if args.json else format_table(result))
+    if args.record:
+        record_gate(Path(args.folder), result)
     return 0 if result["pass"] else 1
+
+
+def record_gate(folder: Path, result: dict[str, Any]) -> None:
+    """Store a gate result in ``folder``'s ``training.json`` (``vae_gate`` for the autoencoder's) and, for a
+    model folder, rewrite its model card from it."""
+    path = folder / TRAINING_FILE
+    metadata = json.loads(path.read_text())
+    metadata["vae_gate" if result["gate"] == "autoencoder" else "gate"] = result
+    path.write_text(json.dumps(metadata, indent=2) + "\n")
+    if (folder / "MODEL_CARD.md").is_file():
+        (folder / "MODEL_CARD.md").write_text(model_card(metadata))
 
 
 if __name__ == "__main__":

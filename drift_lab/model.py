@@ -347,16 +347,19 @@ def model_card(metadata: dict[str, Any]) -> str:
         f"| transformer steps | {metadata.get('steps', '?')} |",
         f"| context noise augmentation | t <= {metadata.get('context_noise_aug', '?')} |",
         f"| device / dtype | {metadata.get('device', '?')} / {metadata.get('dtype', '?')} |",
-        f"| wall time | {_fmt(metadata.get('wall_seconds', '?'))} s |",
+        f"| wall time | {_fmt(metadata.get('wall_seconds', '?'))} s{_stage_times(metadata)} |",
         f"| parameters | {metadata.get('parameters', '?')} |",
         "",
         "## Final losses",
         "",
         *[f"- {name}: {_fmt(value)}" for name, value in losses.items()],
     ]
-    gate = metadata.get("gate")
-    if gate:
-        lines += ["", f"## Quality gate: {'PASS' if gate.get('pass') else 'FAIL'}", ""]
+    for key, title in (("vae_gate", "Autoencoder gate"), ("gate", "Quality gate")):
+        gate = metadata.get(key)
+        if not gate:
+            continue
+        seeds = f" ({gate['seeds']} held-out scenes)" if "seeds" in gate else ""
+        lines += ["", f"## {title}: {'PASS' if gate.get('pass') else 'FAIL'}{seeds}", ""]
         for metric, entry in gate.get("checks", {}).items():
             lines.append(
                 f"- {metric}: {_fmt(entry.get('value'))} (must be {entry.get('rule')} {entry.get('threshold')}): "
@@ -380,6 +383,14 @@ def model_card(metadata: dict[str, Any]) -> str:
             "from it illustrate the method, they do not measure TokenTrim."
         )
     return "\n".join(lines) + "\n"
+
+
+def _stage_times(metadata: dict[str, Any]) -> str:
+    """The staged run's time per stage, when recorded."""
+    stages = metadata.get("stage_seconds")
+    if not stages:
+        return ""
+    return " (" + ", ".join(f"{name}: {_fmt(seconds)} s" for name, seconds in stages.items()) + ")"
 
 
 def _vae_steps(metadata: dict[str, Any]) -> str:

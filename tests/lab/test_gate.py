@@ -51,11 +51,15 @@ def test_verdict_reports_each_metric_with_threshold_and_rule():
 
 def test_gate_command_fails_an_untrained_model(tmp_path, capsys):
     folder = random_lab_folder(tmp_path)
-    assert main([str(folder), "--seeds", "1", "--json"]) == 1
+    assert main([str(folder), "--seeds", "1", "--json", "--record"]) == 1
     result = json.loads(capsys.readouterr().out)
     assert result["pass"] is False and result["seeds"] == 1
     assert set(result["checks"]) == {check.metric for check in CHECKS}
     assert result["checks"]["teacher_forced_psnr"]["value"] < 25.0
+    # --record keeps the result in training.json and shows it on the model card.
+    assert json.loads((folder / "training.json").read_text())["gate"] == result
+    card = (folder / "MODEL_CARD.md").read_text()
+    assert "## Quality gate: FAIL (1 held-out scenes)" in card and "teacher_forced_psnr" in card
 
 
 def test_autoencoder_gate_command_runs_end_to_end(tmp_path, capsys):
