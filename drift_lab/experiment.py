@@ -213,6 +213,7 @@ def model_record(model: LabModel) -> dict[str, Any]:
         "clip_chunks": model.clip_chunks,
         "pipeline_options": {p: model.options(p) for p in ("self_forcing", "rolling_forcing")},
         "training": training,
+        "gate": model.metadata.get("gate"),  # as drift_lab.gate --record wrote it, if it did
     }
 
 

@@ -78,8 +78,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--arms", nargs="+", help="arms to run besides none (default every arm; --smoke "
                         "tokentrim regenerate)")
     parser.add_argument("--prefill-chunks", type=int, default=1, help="true chunks each rollout starts from")
-    parser.add_argument("--gate-seeds", type=int, help="scenes for each model's quality gate, 0 to skip "
-                        "(default 4; --smoke 0)")
+    parser.add_argument("--gate-seeds", type=int, help="scenes for each model's quality gate, 0 to use the gate "
+                        "recorded on the model (drift_lab.gate --record), if any (default 4; --smoke 0)")
     parser.add_argument("--out", default="docs/drift-lab.md", help="markdown report path (default: %(default)s)")
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
@@ -123,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
             print(f"quality gate {number + 1}/{len(config.models)}: {folder}", file=sys.stderr, flush=True)
             model = load_lab_model(folder, device=args.device, dtype=args.dtype)
             inputs.gates[model.name] = evaluate_gate(model, settings["gate_seeds"], progress=True)
+        else:
+            recorded = result.models[Path(folder).name].get("gate")
+            if recorded:
+                inputs.gates[Path(folder).name] = recorded
     write_report(inputs, out)
     print(f"wrote {out}, {figure_folder(out)}/ and {out.with_suffix('.json')} in {result.seconds:.1f} s")
     return 0
