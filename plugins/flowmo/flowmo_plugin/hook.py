@@ -37,7 +37,8 @@ class FlowMoHook(SessionHook):
     name = "flowmo"
     description = (
         "FlowMo: lower the variance of frame-to-frame motion in the model's prediction by gradient steps on the "
-        "first chunk's noisy latent at its early denoising steps (arXiv 2506.01144). Self Forcing only."
+        "first chunk's noisy latent at its early denoising steps (arXiv 2506.01144). Rolling Forcing: the first "
+        "block's slice of each window it is denoised in, the window's other blocks held."
     )
     parameters = (
         Parameter(
@@ -74,8 +75,6 @@ class FlowMoHook(SessionHook):
         return self.params["iterations"]
 
     def start(self, session: SessionInfo) -> None:
-        if session.pipeline != "self_forcing":
-            raise ValueError(f"FlowMo needs the self_forcing pipeline; got {session.pipeline!r}")
         if session.frames_per_block < MIN_FRAMES:
             raise ValueError(
                 f"FlowMo needs at least {MIN_FRAMES} latent frames per block (two frame-to-frame distances to "
