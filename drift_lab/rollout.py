@@ -200,7 +200,7 @@ def generate(model: LabModel, arm: Arm, truth: Truth, prefill_chunks: int, chunk
     stream.prefill([truth.chunk(index) for index in range(prefill_chunks)])
     policy = arm.create_policy(truth.latents if arm.needs_truth else None)
     latents, records = [], []
-    with open_runner(stream, policy, seed=truth.seed) as runner:
+    with open_runner(stream, policy, seed=truth.seed, hooks=arm.create_hooks()) as runner:
         for result in runner:
             report = result.report
             records.append(
