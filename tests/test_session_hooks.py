@@ -112,6 +112,8 @@ def test_rolling_forcing_offers_the_first_blocks_steps_each_in_its_window(model)
     assert [(s.chunk, s.step) for s in hook.steps] == [(0, step) for step in range(5)]
     assert checked == [1, 2, 3, 3, 3]  # the window grows to the run's 3 blocks, block 0 always the oldest
     assert reports[0].hooks[0].values == {"seen": 5.0} and all(r.hooks == () for r in reports[1:])
+    # Block 0's first windows run before its candidate's: the chunk's time still includes them, hooks and all.
+    assert reports[0].chunk_seconds >= reports[0].hooks[0].seconds
 
 
 def test_rolling_forcing_adjusts_the_oldest_blocks_update_only(model) -> None:

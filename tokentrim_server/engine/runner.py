@@ -121,8 +121,10 @@ class PolicyRunner:
         stream, stage = self.stream, self.policy.stage
         # Hooks take part in the session's first generated chunk only (every attempt of it).
         adjust = self._hook_steps if self._hook_steps is not None and not stream.generating else None
+        started = time.perf_counter()  # begin_chunk may run model calls (Rolling Forcing's windows before the last)
         attempt = stream.begin_chunk(stage, adjust)
         log = self._new_log()
+        log.started = started
         if stage is None:
             latents = attempt.candidate()
         else:
