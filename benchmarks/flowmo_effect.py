@@ -7,8 +7,10 @@ Per pipeline, dtype and scene seed: one plain session and one session per FlowMo
 noise and prompt (the scene's caption), from text alone (nothing prefilled: the hook's first chunk is the
 session's first, as on the server). Of every emitted chunk it takes FlowMo's loss (``motion_variance``,
 float32) on the chunk's latents; of the first chunk also how far the hooked one is from the plain one (the
-largest absolute difference and the fraction of elements that differ at all: in bfloat16 a small shift rounds
-away). Reported per (pipeline, dtype, setting), over the seeds: the mean loss of chunk 0 and of the chunks
+largest absolute difference and the fraction of elements that differ at all). The ``null_lr_1e-9`` setting is
+the control: its Adam step rounds away, so what it changes comes from the hooked step's update being computed in
+float32 (in bfloat16 that alone moves the chunk by the format's rounding, and the change propagates), not from
+FlowMo's direction. Reported per (pipeline, dtype, setting), over the seeds: the mean loss of chunk 0 and of the chunks
 after it, plain and hooked; the mean relative change per seed (hooked / plain - 1) and on how many seeds the
 hooked loss is lower; the hook's own report (its loss on the prediction before and after it, averaged); the
 seconds the hook added to the first chunk. Prints a table, then one JSON object per row.
@@ -36,8 +38,10 @@ from tokentrim_server.policies import create_policy
 
 PIPELINES = ("self_forcing", "rolling_forcing")
 DTYPES = ("float32", "bfloat16")
-# The defaults, then the documented settings that move the emitted first chunk (docs/plugins.md).
+# The null control (a step of 1e-9 rounds away even in float32: the hook returns the incoming latent, as a
+# float32 copy), FlowMo's defaults, then settings documented in docs/plugins.md.
 DEFAULT_SETTINGS = {
+    "null_lr_1e-9": {"lr": 1e-9},
     "default": {},
     "iterations_4": {"iterations": 4},
     "lr_1e-2": {"lr": 0.01},
