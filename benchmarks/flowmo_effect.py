@@ -1,7 +1,7 @@
 """FlowMo's effect: the motion-variance loss of the emitted chunks, with and without the hook, on a lab model.
 
     python -m benchmarks.flowmo_effect drift_lab/weights/smoke-seed0 --threads 1   # from the repository root
-    python -m benchmarks.flowmo_effect drift_lab/weights/cpu-seed0 --setting strong='{"steps": 2, "lr": 0.01}'
+    python -m benchmarks.flowmo_effect drift_lab/weights/cpu-seed0 --setting x0='{"threshold": 0, "prediction": "x0"}'
 
 Per pipeline, dtype and scene seed: one plain session and one session per FlowMo setting, from the same keyed
 noise and prompt (the scene's caption), from text alone (nothing prefilled: the hook's first chunk is the
@@ -45,10 +45,10 @@ DEFAULT_SETTINGS = {
     "default": {},
     "iterations_4": {"iterations": 4},
     "lr_1e-2": {"lr": 0.01},
-    "all_steps": {"steps": 4},
-    "all_steps_x0": {"steps": 4, "prediction": "x0"},
-    "all_steps_x0_iterations_4": {"steps": 4, "prediction": "x0", "iterations": 4},
-    "all_steps_x0_lr_1e-2": {"steps": 4, "prediction": "x0", "lr": 0.01},
+    "all_steps": {"threshold": 0.0},
+    "all_steps_x0": {"threshold": 0.0, "prediction": "x0"},
+    "all_steps_x0_iterations_4": {"threshold": 0.0, "prediction": "x0", "iterations": 4},
+    "all_steps_x0_lr_1e-2": {"threshold": 0.0, "prediction": "x0", "lr": 0.01},
 }
 
 

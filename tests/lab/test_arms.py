@@ -36,11 +36,12 @@ def session(pipeline: str = "self_forcing") -> SessionInfo:
 def test_arm_table_matches_the_brief():
     assert arm_names("self_forcing") == [
         "none", "tokentrim", "tokentrim_final", "random", "regenerate", "always_trim", "oracle",
-        "tokentrim_p05", "tokentrim_p10", "tokentrim_p20", "flowmo", "tokentrim_flowmo",
+        "tokentrim_p05", "tokentrim_p10", "tokentrim_p20", "flowmo", "flowmo_x0",
+        "tokentrim_flowmo",
     ]  # fmt: skip
     assert arm_names("rolling_forcing") == [
         "none", "tokentrim_final", "random_final", "regenerate_final", "always_trim_final", "oracle_final",
-        "flowmo", "tokentrim_final_flowmo",
+        "flowmo", "flowmo_x0", "tokentrim_final_flowmo",
     ]  # fmt: skip
     assert len({arm.key for arm in ARMS}) == len(ARMS)
     assert get_arm("self_forcing", "tokentrim_p10").same_as == "tokentrim"
@@ -69,14 +70,17 @@ def test_every_arm_builds_a_fresh_policy_for_its_pipeline(arm):
 @pytest.mark.parametrize(
     ("pipeline", "name", "policy"),
     [("self_forcing", "flowmo", "none"), ("self_forcing", "tokentrim_flowmo", "tokentrim"),
-     ("rolling_forcing", "flowmo", "none"), ("rolling_forcing", "tokentrim_final_flowmo", "tokentrim")],
+     ("rolling_forcing", "flowmo", "none"), ("rolling_forcing", "tokentrim_final_flowmo", "tokentrim"),
+     ("self_forcing", "flowmo_x0", "none"), ("rolling_forcing", "flowmo_x0", "none")],
 )  # fmt: skip
 def test_flowmo_arms_add_fresh_flowmo_hooks_to_their_policy(pipeline, name, policy):
     pytest.importorskip("flowmo_plugin", reason="install plugins/flowmo (make install)")
     arm = get_arm(pipeline, name)
     first, second = arm.create_hooks(), arm.create_hooks()
     assert [hook.name for hook in first] == ["flowmo"] and first[0] is not second[0]
-    assert first[0].params == type(first[0])().params  # FlowMo's defaults, as the paper runs it
+    changed = {key: value for key, value in first[0].params.items() if value != type(first[0])().params[key]}
+    # FlowMo's defaults, as the paper runs it; flowmo_x0: every step, on x0, lr 1e-2
+    assert changed == ({"threshold": 0.0, "prediction": "x0", "lr": 0.01} if name == "flowmo_x0" else {})
     assert arm.create_policy().name == policy
     assert all(arm.create_hooks() == [] for arm in ARMS if "flowmo" not in arm.name)
 
