@@ -44,8 +44,8 @@ class FlowMoHook(SessionHook):
         Parameter(
             "threshold", float, 946.0,
             "Optimise every first-chunk step whose timestep (1000 scale) is at least this; the official rule "
-            "(the first 12 of 50 steps). With Self Forcing's 4 steps only the first step qualifies. Ignored when "
-            "steps > 0.",
+            "(the first 12 of 50 steps). Of Self Forcing's 4 steps only the first qualifies, of Rolling Forcing's 5 "
+            "the first two; 0: every step. Ignored when steps > 0.",
             minimum=0.0, maximum=1000.0,
         ),
         Parameter("steps", int, 0, "If > 0: optimise the first `steps` denoising steps instead.", minimum=0),
