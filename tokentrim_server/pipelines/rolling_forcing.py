@@ -17,16 +17,8 @@ from typing import ClassVar
 import torch
 
 from tokentrim_server.cache.contexts import RollingWindowContext, RollingWriteContext
-from tokentrim_server.pipelines.base import (
-    CandidateStage,
-    Chunk,
-    ChunkAttempt,
-    PipelineBase,
-    Predict,
-    StepAdjuster,
-    StreamBase,
-    adjusted_x0,
-)
+from tokentrim_server.pipelines import base
+from tokentrim_server.pipelines.base import CandidateStage, Chunk, ChunkAttempt, PipelineBase, StepAdjuster, StreamBase
 from tokentrim_server.pipelines.options import AttentionFrames, CacheFrames, DenoisingSteps, PipelineOptions
 from tokentrim_server.pipelines.schedule import to_x0
 
@@ -203,14 +195,15 @@ class RollingForcingStream(StreamBase):
         timesteps = torch.tensor(per_frame, dtype=torch.float32, device=latents.device).expand(self.batch, -1)
         flow = self.call(latents, timesteps, first, self._window_context(first, latents.shape[1]))
         oldest, *rest = self.window
-        x0 = [adjusted_x0(oldest.step, self.timesteps[oldest.step], oldest.noisy, flow[:, :fpb], adjust,
-                          self._oldest_predictor(latents[:, fpb:], timesteps, first))]  # fmt: skip
-        return x0 + [
+        predict = self._oldest_predictor(latents[:, fpb:], timesteps, first)
+        timestep = self.timesteps[oldest.step]
+        oldest_x0 = base.adjusted_x0(oldest.step, timestep, oldest.noisy, flow[:, :fpb], adjust, predict)
+        return [oldest_x0] + [
             to_x0(block.noisy, velocity, self.timesteps[block.step])
             for block, velocity in zip(rest, flow.split(fpb, 1)[1:], strict=True)
         ]
 
-    def _oldest_predictor(self, held: torch.Tensor, timesteps: torch.Tensor, first_frame: int) -> Predict:
+    def _oldest_predictor(self, held: torch.Tensor, timesteps: torch.Tensor, first_frame: int) -> base.Predict:
         """The window's call, differentiable in the oldest block's latents, the other blocks held at ``held``;
         returns the oldest block's flow. It reads the cache and writes nothing (the window's calls never write)."""
 

@@ -16,16 +16,8 @@ import torch
 
 from tokentrim_server.cache.contexts import BlockCausalContext
 from tokentrim_server.cache.scratch import ScratchView
-from tokentrim_server.pipelines.base import (
-    CandidateStage,
-    Chunk,
-    ChunkAttempt,
-    PipelineBase,
-    Predict,
-    StepAdjuster,
-    StreamBase,
-    adjusted_x0,
-)
+from tokentrim_server.pipelines import base
+from tokentrim_server.pipelines.base import CandidateStage, Chunk, ChunkAttempt, PipelineBase, StepAdjuster, StreamBase
 from tokentrim_server.pipelines.options import LocalAttentionFrames, PipelineOptions, SinkFrames
 
 
@@ -124,7 +116,7 @@ class SelfForcingStream(StreamBase):
         self.block_call(chunk.latents, self.options.context_noise, chunk.frame_start)
         self.cache.commit(chunk.frame_start, chunk.latents.shape[1])
 
-    def predictor(self, timestep: float) -> Predict:
+    def predictor(self, timestep: float) -> base.Predict:
         """The current block's model call at ``timestep``, differentiable, reading the cache, writing nothing."""
 
         def predict(latents: torch.Tensor, *, gradient_checkpointing: bool = False) -> torch.Tensor:
@@ -141,7 +133,7 @@ class SelfForcingStream(StreamBase):
         """One denoising step: the model's flow at ``noisy``, then x0 (``adjust``: see :func:`adjusted_x0`)."""
         timestep = self.timesteps[step]
         flow = self.block_call(noisy, timestep)
-        return adjusted_x0(step, timestep, noisy, flow, adjust, self.predictor(timestep))
+        return base.adjusted_x0(step, timestep, noisy, flow, adjust, self.predictor(timestep))
 
     def block_call(self, latents: torch.Tensor, timestep: float, frame_start: int | None = None) -> torch.Tensor:
         """One no-grad model call on the current block (or the block at ``frame_start``); returns the flow."""
