@@ -197,6 +197,14 @@ def test_a_differentiable_call_refuses_trainable_parameters() -> None:
         stream.predictor(1000.0)(stream.initial_noise(0))
 
 
+def test_a_pipeline_that_cannot_honour_hooks_refuses_them_by_its_reason(model, monkeypatch) -> None:
+    stream = rolling_stream(model, 2)
+    monkeypatch.setattr(type(stream), "hooks_refusal", "need a pipeline with steps of its own")
+    with pytest.raises(ValueError, match=r"session hook\(s\) recorder need a pipeline with steps of its own"):
+        open_runner(stream, create_policy("none"), hooks=[Recorder()])
+    open_runner(rolling_stream(model, 2), create_policy("none")).close()  # no hooks: nothing to refuse
+
+
 def test_runner_refusals(model) -> None:
     with pytest.raises(ValueError, match="given more than once"):
         open_runner(self_forcing_stream(model, 2), create_policy("none"), hooks=[Recorder(), Recorder()])
