@@ -1,7 +1,8 @@
-"""FlowMo benchmark: time to first frame and peak memory of a Self Forcing session, with and without FlowMo.
+"""FlowMo benchmark: time to first frame and peak memory of a session, with and without FlowMo.
 
     python benchmarks/flowmo.py                                   # tiny model on the CPU
     python benchmarks/flowmo.py --size 1.3b --random-weights --device cuda --height 480 --width 832
+    python benchmarks/flowmo.py --pipeline rolling_forcing --hook-param threshold=0 --hook-param prediction='"x0"'
 
 Time to first frame: from opening the session (text K/V, runner, hook start) to the first chunk's decoded
 frames; its parts are reported too, because on a small shared CPU the VAE decode dominates and is noisy.
@@ -29,7 +30,7 @@ from engine import BENCH_PROMPT, SIZES, build_bundle, timed
 from tokentrim_server.engine.generation import GenerationSession, SessionPlan
 from tokentrim_server.hooks import create_hook
 from tokentrim_server.loading.model import ModelBundle
-from tokentrim_server.pipelines.registry import pipeline_options
+from tokentrim_server.pipelines.registry import PIPELINES, pipeline_options
 from tokentrim_server.policies import create_policy
 
 MODES = ("plain", "flowmo")
@@ -38,6 +39,7 @@ MODES = ("plain", "flowmo")
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--size", choices=sorted(SIZES), default="tiny")
+    parser.add_argument("--pipeline", choices=sorted(PIPELINES), default="self_forcing")
     parser.add_argument("--random-weights", action="store_true", help="required for --size 1.3b (no weights here)")
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=128)
@@ -67,7 +69,7 @@ def _session(args: argparse.Namespace, bundle: ModelBundle, flowmo: bool) -> dic
     device = torch.device(args.device)
     hooks = (create_hook("flowmo", _hook_params(args.hook_param)),) if flowmo else ()
     plan = SessionPlan(
-        prompt=BENCH_PROMPT, seed=0, pipeline="self_forcing", options=pipeline_options("self_forcing"), chunks=1,
+        prompt=BENCH_PROMPT, seed=0, pipeline=args.pipeline, options=pipeline_options(args.pipeline), chunks=1,
         height=args.height, width=args.width, policy=create_policy("none"), hooks=hooks,
     )
 
@@ -104,7 +106,8 @@ def run_mode(args: argparse.Namespace) -> dict:
     sessions = [_session(args, bundle, flowmo) for _ in range(args.repeats)]
     median = {key: statistics.median(s[key] for s in sessions) for key in sessions[0]}
     return {
-        "mode": args.mode, "size": args.size, "device": str(device), "dtype": str(model.dtype).removeprefix("torch."),
+        "mode": args.mode, "pipeline": args.pipeline, "size": args.size, "device": str(device),
+        "dtype": str(model.dtype).removeprefix("torch."),
         "attention_backend": model.attention_backend, "height": args.height, "width": args.width,
         "threads": torch.get_num_threads(), "repeats": args.repeats,
         "hook_params": _hook_params(args.hook_param) if flowmo else None, **median,

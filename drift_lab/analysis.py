@@ -45,10 +45,16 @@ LABELS: dict[str, str] = {
 COUNTERFACTUAL = "true_cache"
 # Below this share of triggering chunks a policy barely acted: its differences cannot be attributed to it.
 MIN_TRIGGER_PERCENT = 2.0
-# Per pipeline: the TokenTrim arm and the arms it is contrasted with (besides the control).
+# Per pipeline: the TokenTrim arm and the arms it is contrasted with (besides the control). Against
+# ``*_flowmo`` (TokenTrim + FlowMo, the paper's full method) it is the paper's "w/o FlowMo" ablation.
 FOCUS: dict[str, tuple[str, tuple[str, ...]]] = {
-    "self_forcing": ("tokentrim", ("random", "regenerate", "always_trim", "oracle", "tokentrim_final")),
-    "rolling_forcing": ("tokentrim_final", ("random_final", "regenerate_final", "always_trim_final", "oracle_final")),
+    "self_forcing": (
+        "tokentrim", ("random", "regenerate", "always_trim", "oracle", "tokentrim_final", "tokentrim_flowmo")
+    ),
+    "rolling_forcing": (
+        "tokentrim_final",
+        ("random_final", "regenerate_final", "always_trim_final", "oracle_final", "tokentrim_final_flowmo"),
+    ),
 }
 
 

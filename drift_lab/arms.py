@@ -17,6 +17,13 @@ its budget ``ceil(p N)`` and its running statistics by construction, and change 
 
 Self Forcing arms inspect the first denoising step (TokenTrim's default) unless named ``*_final``; Rolling
 Forcing denoises blocks jointly, so every Rolling Forcing arm inspects final blocks.
+
+An arm may also name session hooks (registry names and parameters, built fresh per rollout): the ``*flowmo``
+arms add the installed ``flowmo`` hook with its defaults on the first generated chunk. ``tokentrim_flowmo``
+(``tokentrim_final_flowmo``) is the paper's full method, so ``tokentrim`` (``tokentrim_final``) against it is
+the paper's "w/o FlowMo" ablation; ``flowmo`` against ``none`` is FlowMo alone. With its defaults FlowMo
+barely moves a 4-step model's chunk, so ``flowmo_x0`` runs the documented setting that does (every step,
+loss on the x0 prediction, lr 1e-2).
 """
 
 from __future__ import annotations
@@ -28,6 +35,7 @@ from typing import Any
 
 import torch
 
+from tokentrim_server.hooks import SessionHook, create_hook
 from tokentrim_server.policies import (
     AcceptedChunk,
     CacheHandle,
@@ -147,6 +155,11 @@ class OraclePolicy(WrappedTokenTrim):
 
 
 PolicyFactory = Callable[[torch.Tensor | None], CachePolicy]
+HookSpec = tuple[str, Mapping[str, Any]]  # a session hook's registry name and parameters
+FLOWMO: tuple[HookSpec, ...] = (("flowmo", {}),)
+# FlowMo at every step on the x0 prediction, lr 1e-2: the setting that measurably lowers the emitted first
+# chunk's motion variance on the lab models, where the defaults do not (benchmarks/RESULTS.md).
+FLOWMO_X0: tuple[HookSpec, ...] = (("flowmo", {"threshold": 0.0, "prediction": "x0", "lr": 0.01}),)
 
 
 @dataclass(frozen=True)
@@ -154,8 +167,8 @@ class Arm:
     """One arm: a name (unique within its pipeline), the pipeline, and a factory of fresh policies.
 
     ``factory`` receives the truth latents (``None`` unless ``needs_truth``). ``same_as`` names an arm of the
-    same pipeline that runs the identical policy (an ablation point that is the default), so an evaluation
-    can run it once and report it under both names.
+    same pipeline that runs the identical policy and hooks (an ablation point that is the default), so an
+    evaluation can run it once and report it under both names. ``hooks`` are the session hooks of a rollout.
     """
 
     name: str
@@ -167,12 +180,17 @@ class Arm:
     # The true-cache counterfactual: the control's policy, with the cache rewritten from the true chunks at the
     # control's drift onset (``drift_lab.experiment``); its rollout depends on the control's, so it runs after it.
     counterfactual: bool = False
+    hooks: tuple[HookSpec, ...] = ()
 
     def create_policy(self, truth: torch.Tensor | None = None) -> CachePolicy:
         """A fresh policy for one rollout."""
         if self.needs_truth and truth is None:
             raise ValueError(f"arm {self.name!r} needs the truth latents (truth=None)")
         return self.factory(truth)
+
+    def create_hooks(self) -> list[SessionHook]:
+        """Fresh session hooks for one rollout (a hook keeps per-session state)."""
+        return [create_hook(name, params) for name, params in self.hooks]
 
     @property
     def key(self) -> str:
@@ -198,6 +216,11 @@ def _arm_table() -> tuple[Arm, ...]:
         Arm("tokentrim_p10", sf, "TokenTrim, p = 0.10 (= tokentrim)", _registry("tokentrim", prune_ratio=0.1),
             same_as="tokentrim"),
         Arm("tokentrim_p20", sf, "TokenTrim, p = 0.20", _registry("tokentrim", prune_ratio=0.2)),
+        Arm("flowmo", sf, "FlowMo (defaults) on the first generated chunk", _registry("none"), hooks=FLOWMO),
+        Arm("flowmo_x0", sf, "FlowMo at every step on the x0 prediction, lr 1e-2", _registry("none"),
+            hooks=FLOWMO_X0),
+        Arm("tokentrim_flowmo", sf, "TokenTrim + FlowMo: the paper's full method", _registry("tokentrim"),
+            hooks=FLOWMO),
         Arm("true_cache", sf, "counterfactual: cache rewritten from the true chunks at the drift onset",
             _registry("none"), True, counterfactual=True),
         Arm(CONTROL, rf, "plain pipeline: nothing inspected or pruned", _registry("none")),
@@ -208,6 +231,11 @@ def _arm_table() -> tuple[Arm, ...]:
             lambda truth: AlwaysTrimPolicy(final)),
         Arm("oracle_final", rf, "trigger and prune by error vs the true chunk",
             lambda truth: OraclePolicy(truth, final), True),
+        Arm("flowmo", rf, "FlowMo (defaults) on the first generated chunk", _registry("none"), hooks=FLOWMO),
+        Arm("flowmo_x0", rf, "FlowMo at every step on the x0 prediction, lr 1e-2", _registry("none"),
+            hooks=FLOWMO_X0),
+        Arm("tokentrim_final_flowmo", rf, "TokenTrim (final) + FlowMo: the paper's full method",
+            _registry("tokentrim", **final), hooks=FLOWMO),
         Arm("true_cache", rf, "counterfactual: cache rewritten from the true chunks at the drift onset",
             _registry("none"), True, counterfactual=True),
     )  # fmt: skip

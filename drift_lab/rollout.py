@@ -26,6 +26,7 @@ from drift_lab.measure import FrameMetrics, measure
 from drift_lab.model import FRAMES_PER_BLOCK, TRAINING_FILE
 from drift_lab.world import DATA_VERSION, Scene, WorldSpec, render, sample_scene
 from tokentrim_server.engine import open_runner
+from tokentrim_server.hooks import SessionHook
 from tokentrim_server.loading.model import ModelBundle, ModelSpec, load_model
 from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
 from tokentrim_server.pipelines.base import Chunk, StreamBase
@@ -189,7 +190,8 @@ def generate(model: LabModel, arm: Arm, truth: Truth, prefill_chunks: int, chunk
     if truth.chunks < needed:
         raise ValueError(f"truth has {truth.chunks} encoded chunks; arm {arm.name!r} needs {needed}")
     policy = arm.create_policy(truth.latents if arm.needs_truth else None)
-    return generate_with(model, arm.pipeline, arm.name, policy, truth, prefill_chunks, chunks)
+    return generate_with(model, arm.pipeline, arm.name, policy, truth, prefill_chunks, chunks,
+                         hooks=arm.create_hooks())  # fmt: skip
 
 
 StreamSetup = Callable[[StreamBase], None]
@@ -219,9 +221,10 @@ def generate_with(
     chunks: int,
     setup: StreamSetup | None = None,
     after_chunk: AfterChunk | None = None,
+    hooks: Sequence[SessionHook] = (),
 ) -> Generated:
-    """:func:`generate` with a ready policy instance (any policy), an optional ``setup`` of the stream and a
-    callback ``after_chunk``."""
+    """:func:`generate` with a ready policy instance (any policy), an optional ``setup`` of the stream, a
+    callback ``after_chunk`` and session ``hooks`` (fresh instances: a hook keeps per-session state)."""
     if prefill_chunks < 1:
         raise ValueError(f"prefill_chunks must be >= 1; got {prefill_chunks}")
     if chunks < 1:
@@ -238,7 +241,7 @@ def generate_with(
     if setup is not None:
         setup(stream)
     latents, records = [], []
-    with open_runner(stream, policy, seed=truth.seed) as runner:
+    with open_runner(stream, policy, seed=truth.seed, hooks=hooks) as runner:
         for result in runner:
             report = result.report
             records.append(

@@ -23,8 +23,13 @@ def model() -> CausalWanTransformer:
     return tiny_model()
 
 
-def _run(model, blocks: int = 3, seed: int = 3, hooks=(), **options) -> tuple[list[torch.Tensor], list]:
-    runner = open_runner(self_forcing_stream(model, blocks, seed, **options), create_policy("none"), hooks=hooks)
+STREAMS = {"self_forcing": self_forcing_stream, "rolling_forcing": rolling_stream}
+
+
+def _run(
+    model, blocks: int = 3, seed: int = 3, hooks=(), pipeline: str = "self_forcing", **options
+) -> tuple[list[torch.Tensor], list]:
+    runner = open_runner(STREAMS[pipeline](model, blocks, seed, **options), create_policy("none"), hooks=hooks)
     results = list(runner)
     runner.close()
     return [r.chunk.latents for r in results], [r.report for r in results]
@@ -60,8 +65,12 @@ def test_motion_variance_by_hand() -> None:
 
 
 # ---------------------------------------------------------------------------------------- the gradient
-def test_the_gradient_matches_finite_differences() -> None:
-    """Central differences of the loss along random directions and along the gradient itself (float64 model)."""
+@pytest.mark.parametrize("pipeline", ["self_forcing", "rolling_forcing"])
+def test_the_gradient_matches_finite_differences(pipeline) -> None:
+    """Central differences of the loss along random directions and along the gradient itself (float64 model).
+
+    Rolling Forcing's default threshold selects block 0's first two steps: the second is taken in a window
+    that also holds block 1, which the gradient must treat as held."""
     results = []
 
     def check(hook: FlowMoHook, step: DenoisingStep) -> None:
@@ -79,13 +88,16 @@ def test_the_gradient_matches_finite_differences() -> None:
             scale = float(gradient.norm() * direction.norm())
             results.append((float((plus - minus) / (2 * eps)), float((gradient * direction).sum()), scale))
 
-    _run(tiny_model().double(), 1, hooks=[Probe(check=check)])
-    assert len(results) == 5
-    for numeric, analytic, scale in results[:-1]:
-        # Measured: |numeric - analytic| <= 1.4e-6 |g| |d| (float32 casts inside the model limit it).
-        assert abs(numeric - analytic) <= 2e-5 * scale, (numeric, analytic)
-    numeric, analytic, norm = results[-1]
-    assert numeric == pytest.approx(norm, rel=1e-3)  # along the gradient the slope is |g| (measured: 1.4e-4)
+    hook = Probe(check=check)
+    _run(tiny_model().double(), 2, hooks=[hook], pipeline=pipeline)
+    optimised = [step.step for step, adjusted in hook.shown if adjusted is not None]
+    assert optimised == ([0] if pipeline == "self_forcing" else [0, 1])
+    assert len(results) == 5 * len(optimised)
+    for index, (numeric, analytic, scale) in enumerate(results):
+        if index % 5 == 4:  # along the gradient the slope is |g| (measured: 1.4e-4 relative)
+            assert numeric == pytest.approx(scale, rel=1e-3)
+        else:  # measured: |numeric - analytic| <= 1.4e-6 |g| |d| (float32 casts inside the model limit it)
+            assert abs(numeric - analytic) <= 2e-5 * scale, (numeric, analytic)
 
 
 def test_one_iteration_is_one_adam_step_with_that_gradient(model) -> None:
@@ -144,6 +156,18 @@ def test_only_the_first_chunk_is_touched_and_the_seed_reproduces_the_video(model
     assert not torch.equal(other_seed[0], hooked[0])
 
 
+def test_on_rolling_forcing_the_first_block_is_optimised_and_the_seed_reproduces_the_video(model) -> None:
+    plain, _ = _run(model, pipeline="rolling_forcing")
+    hooked, reports = _run(model, hooks=[create_hook("flowmo")], pipeline="rolling_forcing")
+    again, _ = _run(model, hooks=[create_hook("flowmo")], pipeline="rolling_forcing")
+    assert all(torch.equal(a, b) for a, b in zip(hooked, again, strict=True))
+    assert all(not torch.equal(a, b) for a, b in zip(hooked, plain, strict=True))  # blocks 1, 2 attend to block 0
+    values = reports[0].hooks[0].values
+    assert values["steps"] == 2  # warped steps 1000, 952.4 of 5 are >= 946
+    assert values["loss_after"] < values["loss_before"]
+    assert [r.hooks for r in reports[1:]] == [(), ()]
+
+
 @pytest.mark.parametrize(
     ("params", "optimised"),
     [({}, [0]), ({"threshold": 900.0}, [0, 1]), ({"steps": 3}, [0, 1, 2]), ({"threshold": 0.0}, [0, 1, 2, 3])],
@@ -189,9 +213,8 @@ def test_flowmo_serves_longlive_sessions(model) -> None:
     open_runner(stream, create_policy("none"), hooks=[create_hook("flowmo")]).close()
 
 
-def test_flowmo_refuses_sessions_it_cannot_serve(model) -> None:
-    with pytest.raises(ValueError, match="need the self_forcing pipeline"):
-        open_runner(rolling_stream(model, 2), create_policy("none"), hooks=[create_hook("flowmo")])
+@pytest.mark.parametrize("pipeline", sorted(STREAMS))
+def test_flowmo_refuses_blocks_too_short_for_a_variance(model, pipeline) -> None:
     with pytest.raises(ValueError, match=r"at least 3 latent frames per block.*frames_per_block=2"):
-        open_runner(self_forcing_stream(model, 2, frames_per_block=2), create_policy("none"),
+        open_runner(STREAMS[pipeline](model, 2, frames_per_block=2), create_policy("none"),
                     hooks=[create_hook("flowmo")])

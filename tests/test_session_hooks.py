@@ -6,7 +6,7 @@ import json
 
 import pytest
 import torch
-from policy_support import installed_distribution, rolling_stream, self_forcing_stream, tiny_model
+from policy_support import LATENT_SHAPE, installed_distribution, rolling_stream, self_forcing_stream, tiny_model
 
 from tokentrim_server.engine import open_runner
 from tokentrim_server.hooks import (
@@ -20,6 +20,7 @@ from tokentrim_server.hooks import (
     hook_names,
 )
 from tokentrim_server.models.causal_wan import CausalWanTransformer
+from tokentrim_server.pipelines.base import Chunk
 from tokentrim_server.pipelines.schedule import to_x0
 from tokentrim_server.policies import CachePolicy, Parameter, ParameterError, create_policy
 
@@ -86,6 +87,61 @@ def test_a_hook_that_changes_nothing_leaves_the_video_bit_identical(model) -> No
     assert json.loads(json.dumps(reports[1].as_dict()))["hooks"] == []
 
 
+def test_rolling_forcing_offers_the_first_blocks_steps_each_in_its_window(model) -> None:
+    """Block 0's five steps, one per window; ``predict`` is the window's call with the other blocks held."""
+    checked = []
+
+    class Checker(Recorder):
+        def adjust(self, step):
+            cache = stream.cache
+            before = (cache.length, [t.clone() for t in cache.keys_values(0)] if cache.length else [])
+            latent = step.noisy.clone().requires_grad_(True)
+            predicted = step.predict(latent)
+            (gradient,) = torch.autograd.grad(predicted.square().sum(), latent)
+            torch.testing.assert_close(predicted.detach(), step.flow, rtol=0, atol=1e-5)
+            assert predicted.shape == step.noisy.shape == (1, 3, *LATENT_SHAPE) and gradient.abs().sum() > 0
+            after = (cache.length, list(cache.keys_values(0)) if cache.length else [])
+            assert before[0] == after[0] and all(torch.equal(x, y) for x, y in zip(before[1], after[1], strict=True))
+            checked.append(len(stream.window))
+            return super().adjust(step)
+
+    stream = rolling_stream(model, 3)
+    hook = Checker()
+    latents, reports = _video(open_runner(stream, create_policy("none"), hooks=[hook]))
+    assert torch.equal(latents, torch.cat([chunk.latents for chunk in rolling_stream(model, 3)], dim=1))
+    assert [(s.chunk, s.step) for s in hook.steps] == [(0, step) for step in range(5)]
+    assert checked == [1, 2, 3, 3, 3]  # the window grows to the run's 3 blocks, block 0 always the oldest
+    assert reports[0].hooks[0].values == {"seen": 5.0} and all(r.hooks == () for r in reports[1:])
+    # Block 0's first windows run before its candidate's: the chunk's time still includes them, hooks and all.
+    assert reports[0].chunk_seconds >= reports[0].hooks[0].seconds
+
+
+def test_rolling_forcing_adjusts_the_oldest_blocks_update_only(model) -> None:
+    """A latent returned at block 0's step 1 (window [block 0, block 1]) changes block 0's x0 by itself and
+    leaves block 1's update as it was."""
+    shift = 0.25
+    plain, adjusted = rolling_stream(model, 2), rolling_stream(model, 2)
+    plain.step_window(), plain.step_window()
+    adjusted.step_window()
+    adjusted.step_window(lambda step, noisy, flow, predict: noisy + shift if step == 1 else noisy)
+    (first_plain, second_plain), (first, second) = plain.window, adjusted.window
+    assert torch.equal(second.noisy, second_plain.noisy)
+    sigma = adjusted.timesteps[2] / 1000.0  # block 0 is renoised to its step 2: x_t = (1 - sigma) x0 + sigma n
+    expected = torch.full_like(first.noisy, (1 - sigma) * shift)
+    torch.testing.assert_close(first.noisy - first_plain.noisy, expected, rtol=0, atol=1e-5)
+
+
+def test_hooks_take_part_in_the_first_chunk_after_a_prefill(model) -> None:
+    plain = [chunk.latents for chunk in self_forcing_stream(model, 3)]
+    hook = Recorder()
+    stream = self_forcing_stream(model, 3)
+    stream.prefill([Chunk(0, 0, plain[0])])
+    latents, reports = _video(open_runner(stream, create_policy("none"), hooks=[hook]))
+    assert torch.equal(latents, torch.cat(plain[1:], dim=1))
+    assert [(s.chunk, s.step) for s in hook.steps] == [(1, 0), (1, 1), (1, 2), (1, 3)]
+    assert reports[0].hooks[0].values == {"seen": 4.0} and reports[1].hooks == ()
+
+
 def test_the_step_continues_with_the_prediction_made_before_the_adjustment(model) -> None:
     """x0 = x_t' - sigma v(x_t), FlowMo's order; later chunks run as usual from the adjusted first chunk."""
     shift = 0.25
@@ -141,9 +197,15 @@ def test_a_differentiable_call_refuses_trainable_parameters() -> None:
         stream.predictor(1000.0)(stream.initial_noise(0))
 
 
+def test_a_pipeline_that_cannot_honour_hooks_refuses_them_by_its_reason(model, monkeypatch) -> None:
+    stream = rolling_stream(model, 2)
+    monkeypatch.setattr(type(stream), "hooks_refusal", "need a pipeline with steps of its own")
+    with pytest.raises(ValueError, match=r"session hook\(s\) recorder need a pipeline with steps of its own"):
+        open_runner(stream, create_policy("none"), hooks=[Recorder()])
+    open_runner(rolling_stream(model, 2), create_policy("none")).close()  # no hooks: nothing to refuse
+
+
 def test_runner_refusals(model) -> None:
-    with pytest.raises(ValueError, match=r"recorder need the self_forcing pipeline.*jointly"):
-        open_runner(rolling_stream(model, 2), create_policy("none"), hooks=[Recorder()])
     with pytest.raises(ValueError, match="given more than once"):
         open_runner(self_forcing_stream(model, 2), create_policy("none"), hooks=[Recorder(), Recorder()])
     with pytest.raises(TypeError, match="SessionHook instances"):

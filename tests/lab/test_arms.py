@@ -36,11 +36,12 @@ def session(pipeline: str = "self_forcing") -> SessionInfo:
 def test_arm_table_matches_the_brief():
     assert arm_names("self_forcing") == [
         "none", "tokentrim", "tokentrim_final", "random", "regenerate", "always_trim", "oracle",
-        "tokentrim_p05", "tokentrim_p10", "tokentrim_p20", "true_cache",
+        "tokentrim_p05", "tokentrim_p10", "tokentrim_p20", "flowmo", "flowmo_x0",
+        "tokentrim_flowmo", "true_cache",
     ]  # fmt: skip
     assert arm_names("rolling_forcing") == [
         "none", "tokentrim_final", "random_final", "regenerate_final", "always_trim_final", "oracle_final",
-        "true_cache",
+        "flowmo", "flowmo_x0", "tokentrim_final_flowmo", "true_cache",
     ]  # fmt: skip
     assert len({arm.key for arm in ARMS}) == len(ARMS)
     assert get_arm("self_forcing", "tokentrim_p10").same_as == "tokentrim"
@@ -55,7 +56,7 @@ def test_every_arm_builds_a_fresh_policy_for_its_pipeline(arm):
     truth = torch.zeros(1, 9, *LATENT_SHAPE)
     first, second = arm.create_policy(truth), arm.create_policy(truth)
     assert first is not second
-    if arm.name == CONTROL or arm.counterfactual:  # the counterfactual runs the control's policy
+    if first.name == CONTROL:  # the control, FlowMo alone and the counterfactual (the control's policy)
         assert first.stage is None
     elif arm.pipeline == "rolling_forcing" or arm.name.endswith("_final"):
         assert first.stage == "final"
@@ -64,6 +65,24 @@ def test_every_arm_builds_a_fresh_policy_for_its_pipeline(arm):
     if arm.needs_truth:
         with pytest.raises(ValueError, match="needs the truth"):
             arm.create_policy(None)
+
+
+@pytest.mark.parametrize(
+    ("pipeline", "name", "policy"),
+    [("self_forcing", "flowmo", "none"), ("self_forcing", "tokentrim_flowmo", "tokentrim"),
+     ("rolling_forcing", "flowmo", "none"), ("rolling_forcing", "tokentrim_final_flowmo", "tokentrim"),
+     ("self_forcing", "flowmo_x0", "none"), ("rolling_forcing", "flowmo_x0", "none")],
+)  # fmt: skip
+def test_flowmo_arms_add_fresh_flowmo_hooks_to_their_policy(pipeline, name, policy):
+    pytest.importorskip("flowmo_plugin", reason="install plugins/flowmo (make install)")
+    arm = get_arm(pipeline, name)
+    first, second = arm.create_hooks(), arm.create_hooks()
+    assert [hook.name for hook in first] == ["flowmo"] and first[0] is not second[0]
+    changed = {key: value for key, value in first[0].params.items() if value != type(first[0])().params[key]}
+    # FlowMo's defaults, as the paper runs it; flowmo_x0: every step, on x0, lr 1e-2
+    assert changed == ({"threshold": 0.0, "prediction": "x0", "lr": 0.01} if name == "flowmo_x0" else {})
+    assert arm.create_policy().name == policy
+    assert all(arm.create_hooks() == [] for arm in ARMS if "flowmo" not in arm.name)
 
 
 def test_ablation_arms_prune_their_ratio():

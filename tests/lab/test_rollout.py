@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from drift_lab.arms import get_arm
-from drift_lab.rollout import chunk_first_frame, load_lab_model, make_truth, run_rollout
+from drift_lab.rollout import chunk_first_frame, generate, load_lab_model, make_truth, run_rollout
 from lab.lab_support import random_lab_folder
 
 
@@ -45,6 +45,16 @@ def test_rollout_is_aligned_with_the_world_and_reproducible(model):
     assert first.metrics.psnr.shape == (24,)
     again = run_rollout(model, get_arm("self_forcing", "none"), truth, 1, 2)
     assert torch.equal(first.generated.latents, again.generated.latents)
+
+
+@pytest.mark.parametrize("pipeline", ["self_forcing", "rolling_forcing"])
+def test_the_flowmo_arm_changes_the_first_generated_chunk(model, pipeline):
+    pytest.importorskip("flowmo_plugin", reason="install plugins/flowmo (make install)")
+    truth = make_truth(model, 7, 1)
+    plain = generate(model, get_arm(pipeline, "none"), truth, 1, 2)
+    hooked = generate(model, get_arm(pipeline, "flowmo"), truth, 1, 2)
+    assert hooked.latents.shape == plain.latents.shape and [c.index for c in hooked.chunks] == [1, 2]
+    assert not torch.equal(hooked.latents[:, :3], plain.latents[:, :3])
 
 
 def test_rollout_refuses_what_the_truth_cannot_supply(model):

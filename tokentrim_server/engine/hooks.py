@@ -1,10 +1,11 @@
-"""Session hooks inside the first chunk: every denoising step offered to the hooks.
+"""Session hooks inside the first generated chunk: every denoising step of its block offered to the hooks.
 
 The stream runs each step as the plain pipeline does: one no-grad call on the step's noisy latent ``x_t``
-(its K/V left pending in the cache, as usual). Then :class:`HookSteps` offers the step to each hook, with a
-differentiable model call at this step (the stream's ``predictor``), and the step's update uses the latent
-the hooks return with the prediction already made, ``x0 = x_t' - sigma * v(x_t)``: the order of FlowMo's
-official code. A step no hook changes is bit-identical to the plain one.
+(Self Forcing: the block alone; Rolling Forcing: the window the block is the oldest of). Then
+:class:`HookSteps` offers the block's step to each hook, with the differentiable model call the stream hands
+over for it (``predict``), and the step's update uses the latent the hooks return with the prediction
+already made, ``x0 = x_t' - sigma * v(x_t)``: the order of FlowMo's official code. A step no hook changes
+is bit-identical to the plain one.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from collections.abc import Sequence
 import torch
 
 from tokentrim_server.hooks.base import DenoisingStep, SessionHook
-from tokentrim_server.pipelines.base import StreamBase
+from tokentrim_server.pipelines.base import Predict, StreamBase
 
 
 class HookSteps:
@@ -26,12 +27,11 @@ class HookSteps:
         self.hooks = tuple(hooks)
         self.seconds = seconds
 
-    def __call__(self, step: int, noisy: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
+    def __call__(self, step: int, noisy: torch.Tensor, flow: torch.Tensor, predict: Predict) -> torch.Tensor:
         """The latent the step's update starts from: ``noisy`` itself when no hook changes it."""
         if torch.is_inference_mode_enabled():
             raise RuntimeError("session hooks need autograd: do not run the runner under torch.inference_mode()")
         stream = self.stream
-        predict = stream.predictor(stream.timesteps[step])
         latent = noisy
         for index, hook in enumerate(self.hooks):
             offered = DenoisingStep(stream.emitted, step, tuple(stream.timesteps), latent, flow, predict)

@@ -19,8 +19,8 @@ class ChunkReport:
     eviction), ``*_after`` after the chunk's last removal (equal to before when nothing was removed); the
     chunk's own tokens are never counted. ``decision_seconds`` is the
     summaries plus ``inspect``; ``policy_seconds`` adds removals and the policy's other calls; ``chunk_seconds``
-    is the whole chunk, model calls and regenerations included (the first chunk's includes its session hooks'
-    ``adjust`` time).
+    is the whole chunk, model calls and regenerations included (Rolling Forcing: every window run for it; the
+    first chunk's includes its session hooks' ``adjust`` time).
     ``hooks``: every session hook's report on the session's first chunk, empty on every later one.
     """
 

@@ -10,7 +10,8 @@ Per chunk the stream offers a :class:`~tokentrim_server.pipelines.base.ChunkAtte
 
 Self Forcing's ``first_step`` candidate is its first denoising call's x0, so a regeneration costs one model
 call; ``final`` candidates re-run the whole chunk (Algorithm 1 literally). Session hooks take part in the
-first chunk's denoising steps (every attempt of it) through :class:`~tokentrim_server.engine.hooks.HookSteps`.
+first generated chunk's denoising steps (every attempt of it; prefilled chunks are not generated) through
+:class:`~tokentrim_server.engine.hooks.HookSteps`.
 """
 
 from __future__ import annotations
@@ -56,8 +57,9 @@ class PolicyRunner:
 
     ``seed`` is the session seed a policy may use for its own randomness (default: the stream's
     :class:`SeededNoise` seed, else ``None``). ``hooks`` are session hooks, started here (one may refuse the
-    session with a ``ValueError``), taking part in the first chunk's denoising and reported on its
-    :class:`ChunkReport`; the stream must not have produced a chunk yet when hooks are given.
+    session with a ``ValueError``), taking part in the first generated chunk's denoising and reported on its
+    :class:`ChunkReport`; the stream must not have started generating when hooks are given (prefilled chunks
+    are fine: the hooks then take part in the first chunk after them).
     """
 
     def __init__(
@@ -117,10 +119,12 @@ class PolicyRunner:
 
     def next_chunk(self) -> ChunkResult:
         stream, stage = self.stream, self.policy.stage
-        # Hooks take part in the session's first chunk only (every attempt of it).
-        adjust = self._hook_steps if self._hook_steps is not None and stream.emitted == 0 else None
+        # Hooks take part in the session's first generated chunk only (every attempt of it).
+        adjust = self._hook_steps if self._hook_steps is not None and not stream.generating else None
+        started = time.perf_counter()  # begin_chunk may run model calls (Rolling Forcing's windows before the last)
         attempt = stream.begin_chunk(stage, adjust)
         log = self._new_log()
+        log.started = started
         if stage is None:
             latents = attempt.candidate()
         else:
@@ -162,14 +166,16 @@ class PolicyRunner:
         repeated = sorted({name for name in names if names.count(name) > 1})
         if repeated:
             raise ValueError(f"session hook(s) {', '.join(map(repr, repeated))} given more than once")
-        if self.hooks and self.stream.emitted:
+        if self.hooks and self.stream.generating:
+            generated = self.stream.emitted - self.stream.prefilled
             raise ValueError(
-                f"session hooks run at session start; this stream has already produced {self.stream.emitted} chunk(s)"
+                f"session hooks take part in the first generated chunk; this stream has already produced "
+                f"{generated} chunk(s) (or has one in flight)"
             )
 
     # ------------------------------------------------------------------ per chunk
     def _hook_reports(self) -> tuple[HookReport, ...]:
-        """Every hook's report, on the first chunk's report only (empty afterwards)."""
+        """Every hook's report, on the first generated chunk's report only (empty afterwards)."""
         if self._hooks_reported:
             return ()
         self._hooks_reported = True

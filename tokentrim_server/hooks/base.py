@@ -1,10 +1,15 @@
 """The session-hook interface: plugins that run at session start and take part in the first chunk's denoising.
 
+"The first chunk" is the session's first generated chunk (after any prefilled ones); its denoising steps are
+its own block's steps. In Self Forcing the block is denoised alone; in Rolling Forcing it is denoised jointly
+with the blocks after it, one step per window, and a hook sees and changes only its block's slice of each
+window (the other blocks held as they are: docs/plugins.md).
+
 Lifecycle, one hook instance per session (:func:`tokentrim_server.hooks.create_hook` builds a fresh one, and an
 instance keeps per-session state, so never share one between sessions):
 
 1. ``start(session)`` once, when the runner opens; raise ``ValueError`` to refuse the session (say why).
-2. ``adjust(step)`` at every denoising step of the session's first chunk (again for every attempt, if a cache
+2. ``adjust(step)`` at every denoising step of the session's first chunk's block (again for every attempt, if a cache
    policy regenerates that chunk): return the noisy latent the step continues from, or ``None`` to leave it.
 3. ``values()`` once, after the first chunk: the figures of the hook's :class:`HookReport`.
 4. ``end()`` once, when the session closes.
@@ -39,9 +44,11 @@ class Predictor(Protocol):
 
 @dataclass(frozen=True)
 class DenoisingStep:
-    """One denoising step of the first chunk, as a hook sees it.
+    """One denoising step of the first chunk's block, as a hook sees it.
 
-    The engine has already made this step's own prediction ``flow`` (no gradients) on ``noisy``. Whatever
+    The engine has already made this step's own prediction ``flow`` (no gradients) on ``noisy``. In Rolling
+    Forcing both are the block's slice of its window's joint call, and ``predict`` varies that slice only, the
+    window's other blocks held at their noisy latents (their updates are the plain ones). Whatever
     latent :meth:`SessionHook.adjust` returns replaces ``noisy`` in the step's update ``x0 = x_t - sigma * v``
     with that same prediction (it is not recomputed: the order of FlowMo's official code), and so shapes every
     later step. With several hooks, each sees the latent the previous one returned, and the original ``flow``.

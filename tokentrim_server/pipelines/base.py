@@ -22,7 +22,7 @@ from tokentrim_server.models.causal_wan import (
     TextContext,
 )
 from tokentrim_server.pipelines.noise import NoiseSource
-from tokentrim_server.pipelines.schedule import add_noise, denoising_timesteps
+from tokentrim_server.pipelines.schedule import add_noise, denoising_timesteps, to_x0
 
 
 @dataclass
@@ -55,8 +55,24 @@ class ChunkAttempt:
     complete: Callable[[torch.Tensor], Chunk]
 
 
-StepAdjuster = Callable[[int, torch.Tensor, torch.Tensor], torch.Tensor]
-"""``adjust(step, noisy, flow) -> noisy'``: replaces a first-chunk step's noisy latent (session hooks)."""
+Predict = Callable[..., torch.Tensor]
+"""``predict(latents, *, gradient_checkpointing=False) -> flow``: one block's differentiable model call at one
+denoising step, reading the cache and writing nothing (a session hook's ``Predictor``)."""
+
+StepAdjuster = Callable[[int, torch.Tensor, torch.Tensor, Predict], torch.Tensor]
+"""``adjust(step, noisy, flow, predict) -> noisy'``: replaces a first-chunk step's noisy latent (session hooks)."""
+
+
+def adjusted_x0(
+    step: int, timestep: float, noisy: torch.Tensor, flow: torch.Tensor, adjust: StepAdjuster | None, predict: Predict
+) -> torch.Tensor:
+    """x0 of one block's denoising step; ``adjust`` may replace the noisy latent the update starts from, with the
+    prediction already made (the order of FlowMo's official code). An unchanged latent gives the plain x0."""
+    latent = noisy if adjust is None else adjust(step, noisy, flow, predict)
+    if latent is noisy:
+        return to_x0(noisy, flow, timestep)
+    # Keep an adjusted float32 latent exact through the update; the block stays in the model's dtype.
+    return to_x0(latent, flow, timestep).to(noisy.dtype)
 
 
 def check_positive(name: str, value: int) -> None:
@@ -87,7 +103,7 @@ class StreamBase:
     stages: ClassVar[dict[CandidateStage, str | None]] = {"first_step": None, "final": None}
     """Candidate stages, each ``None`` when offered, else why not (the runner's refusal names the policy)."""
     hooks_refusal: ClassVar[str | None] = None
-    """Why session hooks cannot take part in this pipeline's first chunk (``None``: they can)."""
+    """Why session hooks cannot take part in this pipeline's first chunk (``None``: they can; both pipelines do)."""
 
     def __init__(
         self,
@@ -135,8 +151,8 @@ class StreamBase:
     def begin_chunk(self, stage: CandidateStage | None, adjust: StepAdjuster | None = None) -> ChunkAttempt:
         """Start the next chunk; its candidate is at ``stage`` (``None``: the finished chunk, never inspected).
 
-        ``adjust`` takes part in the denoising steps of the session's first chunk (streams whose
-        ``hooks_refusal`` is ``None`` only).
+        ``adjust`` takes part in the denoising steps of this chunk's own block (streams whose ``hooks_refusal``
+        is ``None`` only; the runner passes it for the session's first generated chunk).
         """
         raise NotImplementedError
 

@@ -17,6 +17,7 @@ from typing import ClassVar
 import torch
 
 from tokentrim_server.cache.contexts import RollingWindowContext, RollingWriteContext
+from tokentrim_server.pipelines import base
 from tokentrim_server.pipelines.base import CandidateStage, Chunk, ChunkAttempt, PipelineBase, StepAdjuster, StreamBase
 from tokentrim_server.pipelines.options import AttentionFrames, CacheFrames, DenoisingSteps, PipelineOptions
 from tokentrim_server.pipelines.schedule import to_x0
@@ -80,8 +81,14 @@ class RollingForcingStream(StreamBase):
     entry that window wrote for the block; every block of the window then starts again from the same keyed
     noise. The rewind is exact: a block ``b > 0`` first enters the cache in the window that finalises it,
     and that window's denoising call only reads frames newer than any the window's write evicts, so dropping
-    frames ``>= b`` restores the cache the window saw, minus what a policy pruned. Session hooks cannot take
-    part: block 0 is denoised inside the growing first windows, jointly with the next blocks.
+    frames ``>= b`` restores the cache the window saw, minus what a policy pruned.
+
+    Session hooks take part in the chunk's own steps: a block takes its step ``s`` in the ``s + 1``-th window
+    it is in, always as the window's oldest block. There the hook is offered that block's slice of the joint
+    call (its noisy latent and flow) and a differentiable call that varies that slice only, the other blocks
+    of the window held at their noisy latents; the block's update uses the latent the hooks return with the
+    prediction already made, and the other blocks' updates are the plain ones. A stream's first window holds
+    its first block alone, so its first step is exactly a one-block call, as in Self Forcing.
     """
 
     stages: ClassVar[dict[CandidateStage, str | None]] = {
@@ -89,11 +96,6 @@ class RollingForcingStream(StreamBase):
         "policy with candidate=final)",
         "final": None,
     }
-    hooks_refusal: ClassVar[str | None] = (
-        "need the self_forcing pipeline: a hook adjusts the first chunk's own denoising steps, and Rolling Forcing "
-        "denoises block 0 jointly with the next blocks inside its growing first windows (one model call for all "
-        "of them), so block 0 has no steps of its own"
-    )
 
     def __init__(self, pipeline: PipelineBase, text, latent_shape, noise, num_blocks) -> None:
         super().__init__(pipeline, text, latent_shape, noise, num_blocks)
@@ -105,16 +107,15 @@ class RollingForcingStream(StreamBase):
         return len(self.timesteps) - 1
 
     def begin_chunk(self, stage: CandidateStage | None, adjust: StepAdjuster | None = None) -> ChunkAttempt:
-        if adjust is not None:
-            raise ValueError(f"session hooks {self.hooks_refusal}")
+        # Every window until the chunk is final has the chunk's block as its oldest: ``adjust`` takes part there.
         while not self._next_window_finalises():
-            self.step_window()
+            self.step_window(adjust)
         snapshot = self._snapshot()
         index = self.window[0].index if self.window else self.next_block
         frame_start = index * self.frames_per_block
 
         def candidate() -> torch.Tensor:
-            chunk = self.step_window()
+            chunk = self.step_window(adjust)
             if chunk is None:  # the (restored) window finalises this block by construction
                 raise RuntimeError(f"the window of block {index} emitted no block")
             return chunk.latents
@@ -125,14 +126,15 @@ class RollingForcingStream(StreamBase):
 
         return ChunkAttempt(index, frame_start, candidate, rewind, lambda x0: Chunk(index, frame_start, x0))
 
-    def step_window(self) -> Chunk | None:
-        """Run one window; returns the block that became final in it, if any."""
+    def step_window(self, adjust: StepAdjuster | None = None) -> Chunk | None:
+        """Run one window; returns the block that became final in it, if any. ``adjust`` takes part in the
+        oldest block's step (see the class)."""
         if self.num_blocks is None or self.next_block < self.num_blocks:
             self.window.append(_Block(self.next_block, 0, self.initial_noise(self.next_block)))
             self.next_block += 1
         oldest = self.window[0]
         final = oldest.step == self.last_step
-        x0 = self._denoise_window()
+        x0 = self._denoise_window(adjust)
         for block, clean in zip(self.window, x0, strict=True):
             if block.step < self.last_step:
                 block.step += 1
@@ -184,18 +186,34 @@ class RollingForcingStream(StreamBase):
         self._write_cache(chunk.index, chunk.latents)
 
     # ------------------------------------------------------------------ model calls
-    def _denoise_window(self) -> list[torch.Tensor]:
-        """One call over the whole window; returns each block's x0 prediction."""
+    def _denoise_window(self, adjust: StepAdjuster | None = None) -> list[torch.Tensor]:
+        """One call over the whole window; returns each block's x0 prediction (``adjust``: the oldest block's)."""
         fpb = self.frames_per_block
         first = self.window[0].index * fpb
         latents = torch.cat([block.noisy for block in self.window], dim=1)
         per_frame = [self.timesteps[block.step] for block in self.window for _ in range(fpb)]
         timesteps = torch.tensor(per_frame, dtype=torch.float32, device=latents.device).expand(self.batch, -1)
         flow = self.call(latents, timesteps, first, self._window_context(first, latents.shape[1]))
-        return [
-            to_x0(noisy, velocity, self.timesteps[block.step])
-            for block, noisy, velocity in zip(self.window, latents.split(fpb, 1), flow.split(fpb, 1), strict=True)
+        oldest, *rest = self.window
+        predict = self._oldest_predictor(latents[:, fpb:], timesteps, first)
+        timestep = self.timesteps[oldest.step]
+        oldest_x0 = base.adjusted_x0(oldest.step, timestep, oldest.noisy, flow[:, :fpb], adjust, predict)
+        return [oldest_x0] + [
+            to_x0(block.noisy, velocity, self.timesteps[block.step])
+            for block, velocity in zip(rest, flow.split(fpb, 1)[1:], strict=True)
         ]
+
+    def _oldest_predictor(self, held: torch.Tensor, timesteps: torch.Tensor, first_frame: int) -> base.Predict:
+        """The window's call, differentiable in the oldest block's latents, the other blocks held at ``held``;
+        returns the oldest block's flow. It reads the cache and writes nothing (the window's calls never write)."""
+
+        def predict(latents: torch.Tensor, *, gradient_checkpointing: bool = False) -> torch.Tensor:
+            window = torch.cat([latents.to(held.dtype), held], dim=1)
+            context = self._window_context(first_frame, window.shape[1])
+            flow = self.call_differentiable(window, timesteps, first_frame, context, gradient_checkpointing)
+            return flow[:, : latents.shape[1]]
+
+        return predict
 
     def _window_context(self, first_frame: int, num_frames: int) -> RollingWindowContext:
         rope = self.rotary(first_frame, num_frames)

@@ -11,7 +11,7 @@ A prompt switch re-encodes the cache in the session's ``recache`` mode (:mod:`to
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
@@ -20,10 +20,10 @@ import torch
 from tokentrim_server.cache.contexts import BlockCausalContext
 from tokentrim_server.cache.scratch import ScratchView
 from tokentrim_server.models.causal_wan import TextContext
+from tokentrim_server.pipelines import base
 from tokentrim_server.pipelines.base import CandidateStage, Chunk, ChunkAttempt, PipelineBase, StepAdjuster, StreamBase
 from tokentrim_server.pipelines.options import GlobalSink, LocalAttentionFrames, PipelineOptions, Recache, SinkFrames
 from tokentrim_server.pipelines.recache import LongLiveRecache, longlive_recache
-from tokentrim_server.pipelines.schedule import to_x0
 
 
 @dataclass(frozen=True)
@@ -162,11 +162,8 @@ class SelfForcingStream(StreamBase):
             return chunk.frame_start + chunk.latents.shape[1] > self.longlive_plan().first_frame
         return super().recache_reads(chunk)
 
-    def predictor(self, timestep: float) -> Callable[..., torch.Tensor]:
-        """The current block's model call at ``timestep``, differentiable, reading the cache, writing nothing.
-
-        ``predict(latents, *, gradient_checkpointing=False) -> flow``: a session hook's ``Predictor``.
-        """
+    def predictor(self, timestep: float) -> base.Predict:
+        """The current block's model call at ``timestep``, differentiable, reading the cache, writing nothing."""
 
         def predict(latents: torch.Tensor, *, gradient_checkpointing: bool = False) -> torch.Tensor:
             # A fresh scratch view per call: predictions awaiting one backward never share K/V.
@@ -179,15 +176,10 @@ class SelfForcingStream(StreamBase):
 
     # ------------------------------------------------------------------ model calls
     def _step(self, step: int, noisy: torch.Tensor, adjust: StepAdjuster | None) -> torch.Tensor:
-        """One denoising step: the model's flow at ``noisy``, then x0. ``adjust`` may replace the noisy latent the
-        update starts from, with the prediction already made (the order of FlowMo's official code)."""
+        """One denoising step: the model's flow at ``noisy``, then x0 (``adjust``: see :func:`adjusted_x0`)."""
         timestep = self.timesteps[step]
         flow = self.block_call(noisy, timestep)
-        latent = noisy if adjust is None else adjust(step, noisy, flow)
-        if latent is noisy:
-            return to_x0(noisy, flow, timestep)
-        # Keep an adjusted float32 latent exact through the update; the block stays in the model's dtype.
-        return to_x0(latent, flow, timestep).to(noisy.dtype)
+        return base.adjusted_x0(step, timestep, noisy, flow, adjust, self.predictor(timestep))
 
     def block_call(self, latents: torch.Tensor, timestep: float, frame_start: int | None = None) -> torch.Tensor:
         """One no-grad model call on the current block (or the block at ``frame_start``); returns the flow."""

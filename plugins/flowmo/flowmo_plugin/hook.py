@@ -22,7 +22,6 @@ from tokentrim_server.hooks import DenoisingStep, SessionHook
 from tokentrim_server.policies import Parameter, SessionInfo
 
 MIN_FRAMES = 3  # two frame distances at least, or their variance is zero
-SELF_FORCING_STREAMS = ("self_forcing", "longlive")  # LongLive runs the Self Forcing stream with its own recache
 
 
 @dataclass(frozen=True)
@@ -38,14 +37,15 @@ class FlowMoHook(SessionHook):
     name = "flowmo"
     description = (
         "FlowMo: lower the variance of frame-to-frame motion in the model's prediction by gradient steps on the "
-        "first chunk's noisy latent at its early denoising steps (arXiv 2506.01144). Self Forcing only."
+        "first chunk's noisy latent at its early denoising steps (arXiv 2506.01144). Rolling Forcing: the first "
+        "block's slice of each window it is denoised in, the window's other blocks held."
     )
     parameters = (
         Parameter(
             "threshold", float, 946.0,
             "Optimise every first-chunk step whose timestep (1000 scale) is at least this; the official rule "
-            "(the first 12 of 50 steps). With Self Forcing's 4 steps only the first step qualifies. Ignored when "
-            "steps > 0.",
+            "(the first 12 of 50 steps). Of Self Forcing's 4 steps only the first qualifies, of Rolling Forcing's 5 "
+            "the first two; 0: every step. Ignored when steps > 0.",
             minimum=0.0, maximum=1000.0,
         ),
         Parameter("steps", int, 0, "If > 0: optimise the first `steps` denoising steps instead.", minimum=0),
@@ -75,9 +75,6 @@ class FlowMoHook(SessionHook):
         return self.params["iterations"]
 
     def start(self, session: SessionInfo) -> None:
-        if session.pipeline not in SELF_FORCING_STREAMS:
-            needed = ", ".join(SELF_FORCING_STREAMS)
-            raise ValueError(f"FlowMo needs a Self Forcing stream ({needed}); got {session.pipeline!r}")
         if session.frames_per_block < MIN_FRAMES:
             raise ValueError(
                 f"FlowMo needs at least {MIN_FRAMES} latent frames per block (two frame-to-frame distances to "
