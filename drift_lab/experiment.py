@@ -362,6 +362,15 @@ def same_latents(generated: Generated, control: Generated) -> bool:
     return generated.latents.shape == control.latents.shape and torch.equal(generated.latents, control.latents)
 
 
+def apply_threads(threads: int | None) -> None:
+    """A command's ``--threads``: torch's CPU threads (``None``: torch's default); exits on a bad value."""
+    if threads is None:
+        return
+    if threads < 1:
+        raise SystemExit("error: --threads must be >= 1")
+    torch.set_num_threads(threads)
+
+
 def json_ready(value: Any) -> Any:
     """Floats to 6 significant digits (NaN and infinities to null), recursively: compact, valid JSON."""
     if isinstance(value, float):

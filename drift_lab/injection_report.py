@@ -22,10 +22,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from drift_lab.arms import CONTROL
-from drift_lab.experiment import json_ready
+from drift_lab.experiment import apply_threads, json_ready
 from drift_lab.figures import plot_strip
 from drift_lab.injection import Region
 from drift_lab.injection_suite import (
@@ -373,10 +372,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit("error: --threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         config = InjectionConfig(
             models=tuple(args.models), seeds=args.seeds, scenarios=tuple(args.scenarios), doses=tuple(args.doses),

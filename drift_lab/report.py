@@ -28,6 +28,7 @@ from drift_lab.experiment import (
     ONSET_SURVIVAL,
     ExperimentConfig,
     ExperimentResult,
+    apply_threads,
     run_experiment,
     write_json,
 )
@@ -96,10 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     settings = {key: default if getattr(args, key) is None else getattr(args, key) for key, default in defaults.items()}
     if settings["gate_seeds"] < 0:
         raise SystemExit("--gate-seeds must be >= 0")
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit("--threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         config = ExperimentConfig(
             models=tuple(args.models),

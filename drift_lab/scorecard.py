@@ -28,12 +28,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from drift_lab.adaptive import AdaptiveBudgetPolicy
 from drift_lab.analysis import arm_rows
 from drift_lab.arms import CONTROL, PIPELINES, Arm
-from drift_lab.experiment import ExperimentConfig, ExperimentResult, json_ready, run_experiment
+from drift_lab.experiment import ExperimentConfig, ExperimentResult, apply_threads, json_ready, run_experiment
 from drift_lab.injection import Region
 from drift_lab.injection_report import contrast
 from drift_lab.injection_suite import ORACLE, InjectionConfig, InjectionResult, PolicyMaker, run_injection_suite, select
@@ -209,10 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    if args.threads is not None:
-        if args.threads < 1:
-            raise SystemExit("error: --threads must be >= 1")
-        torch.set_num_threads(args.threads)
+    apply_threads(args.threads)
     try:
         policy = PolicyUnderTest(args.policy, parse_params(args.param))
         policy.create()  # an unknown policy or a bad parameter fails here, naming it
