@@ -24,7 +24,7 @@ from tokentrim_server.engine.report import ChunkResult
 from tokentrim_server.engine.runner import open_runner
 from tokentrim_server.hooks import SessionHook
 from tokentrim_server.loading.model import ModelBundle
-from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
+from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8, video_frame_count
 from tokentrim_server.pipelines.base import Chunk
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.registry import PIPELINES
@@ -57,6 +57,8 @@ class ChunkStep:
     denoise_seconds: float
     cache_bytes: int  # KV-cache memory the session holds after the chunk
     ready: Ready = field(default_factory=Ready)  # where the chunk's latents are complete on the denoising stream
+    batch_size: int = 1  # sessions whose chunks were stepped together (1: alone); set by the device worker
+    device_seconds: float = 0.0  # its share of the device time of the step it was in; set by the device worker
 
 
 class GenerationSession:
@@ -83,6 +85,23 @@ class GenerationSession:
     def frames_per_block(self) -> int:
         return self.runner.stream.frames_per_block
 
+    @property
+    def batch_key(self) -> tuple:
+        """Sessions with equal keys step together in step: same pipeline, frame size and denoising steps."""
+        stream = self.runner.stream
+        return stream.pipeline_name, stream.block_shape, len(stream.timesteps), self.device
+
+    @property
+    def batchable(self) -> bool:
+        """Whether the next chunk can be stepped with other sessions': not while session hooks take part in it
+        (their differentiable calls run alone, so the first chunk of a hooked session is stepped alone)."""
+        return not (self.plan.hooks and self.runner.stream.emitted == 0)
+
+    @property
+    def step_cost(self) -> int:
+        """The compute cost of the next chunk (denoising steps x tokens), for sharing out a batch's device time."""
+        return self.runner.stream.step_cost
+
     def request_prompt_change(self, prompt: str) -> None:
         """Use ``prompt`` from the next chunk on (thread-safe; a later request replaces an unapplied one)."""
         with self._prompt_lock:
@@ -98,6 +117,11 @@ class GenerationSession:
         self._remember(result.chunk)
         cache_bytes = self.runner.stream.cache.stats().allocated_bytes
         return ChunkStep(result, self.prompt_version, switch_seconds, denoise_seconds, cache_bytes, ready)
+
+    def video_frames(self, step: ChunkStep) -> int:
+        """How many video frames the stepped chunk makes (what a viewer plays, whatever the output encoding)."""
+        chunk = step.result.chunk
+        return video_frame_count(self.bundle.vae, chunk.latents.shape[1], first=chunk.index == 0)
 
     def decode(self, step: ChunkStep) -> np.ndarray:
         """The stepped chunk's video frames, uint8 ``[T, H, W, 3]``; call in chunk order."""

@@ -99,6 +99,13 @@ class StreamingVaeDecoder:
         return z / inv_std + mean
 
 
+def video_frame_count(vae: AutoencoderKLWan, latent_frames: int, first: bool) -> int:
+    """Video frames decoded from a chunk of ``latent_frames``: the VAE's first latent frame is one image, each
+    later one ``2 ** (temporal downsamplings)`` frames (4 for Wan 2.1)."""
+    ratio = 2 ** sum(vae.config.temperal_downsample)
+    return 1 + ratio * (latent_frames - 1) if first else ratio * latent_frames
+
+
 def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
     """Map decoded frames ``[B, T, 3, H, W]`` in ``[-1, 1]`` to ``uint8`` ``[B, T, H, W, 3]`` for video."""
     if frames.ndim != 5 or frames.shape[2] != 3:
