@@ -1,7 +1,9 @@
-"""Sessions stepped together run their model calls batched, and each gets the chunks it gets alone (issue #18).
+"""Sessions stepped together run their model calls batched, and each gets the chunks it gets alone; chunks of
+several streams decode together as each alone (issue #18).
 
 Float32 on the CPU: a batched chunk equals the same chunk run alone within 1e-5 (batched matrix products may
-round differently from one-row ones; nothing else differs), whatever it is batched with.
+round differently from one-row ones; nothing else differs), whatever it is batched with; decoded frames within
+1e-4 (batched convolutions).
 """
 
 from __future__ import annotations
@@ -10,14 +12,17 @@ import pytest
 import torch
 from policy_support import ScriptedPolicy
 
-from tokentrim_server.engine.batching import BatchStepper
+from tokentrim_server.engine.batching import BatchRunner
 from tokentrim_server.engine.generation import GenerationSession, SessionPlan
+from tokentrim_server.models.vae import DecodeCall, StreamingVaeDecoder, decode_together
 from tokentrim_server.pipelines.rolling_forcing import RollingForcingOptions
 from tokentrim_server.pipelines.self_forcing import SelfForcingOptions
 from tokentrim_server.policies.none import NonePolicy
 
 CHUNKS = 3
 TOLERANCE = {"rtol": 0.0, "atol": 1e-5}
+# Pixels in [-1, 1]: batched convolutions round differently (measured up to 1.5e-5), 1/80 of a uint8 level.
+DECODE_TOLERANCE = {"rtol": 0.0, "atol": 1e-4}
 
 
 def plan(
@@ -38,18 +43,17 @@ def alone(bundle, session_plan: SessionPlan) -> list[torch.Tensor]:
 def together(bundle, plans: list[SessionPlan]) -> tuple[list[list[torch.Tensor]], list[int]]:
     """Every session's chunks, stepped together chunk by chunk; and the sizes of the batched model calls."""
     sessions = [GenerationSession(bundle, session_plan) for session_plan in plans]
-    stepper = BatchStepper(len(sessions))
+    runner = BatchRunner(len(sessions))
     chunks: list[list[torch.Tensor]] = [[] for _ in sessions]
     sizes: list[int] = []
     try:
         for _ in range(CHUNKS):
-            steps, batch_sizes = stepper.step(sessions)
+            steps, batch_sizes = runner.run([session.step_job() for session in sessions])
             sizes += batch_sizes
             for produced, step in zip(chunks, steps, strict=True):
                 produced.append(step.result().result.chunk.latents)
-                assert step.result().batch_size == 1  # the worker, not the stepper, records the batch
     finally:
-        stepper.shutdown()
+        runner.shutdown()
         for session in sessions:
             session.close()
     return chunks, sizes
@@ -108,15 +112,32 @@ def test_a_failing_session_fails_alone(tiny_bundle):
         GenerationSession(tiny_bundle, plan(1)),
         GenerationSession(tiny_bundle, plan(2, policy=FailingPolicy([0]))),
     ]
-    stepper = BatchStepper(2)
+    runner = BatchRunner(2)
     try:
-        stepper.step(sessions)
-        steps, sizes = stepper.step(sessions)
+        runner.run([session.step_job() for session in sessions])
+        steps, sizes = runner.run([session.step_job() for session in sessions])
         with pytest.raises(RuntimeError, match="policy failed"):
             steps[1].result()
         assert sizes == [2, 1, 1, 1, 1]  # the first step together, then the healthy session's chunk alone
         torch.testing.assert_close(steps[0].result().result.chunk.latents, alone(tiny_bundle, plan(1))[1], **TOLERANCE)
     finally:
-        stepper.shutdown()
+        runner.shutdown()
         for session in sessions:
             session.close()
+
+
+def test_chunks_decoded_together_equal_each_stream_decoded_alone(tiny_bundle):
+    # Each stream keeps its own causal decoder context across chunks, batched or not.
+    latent_shape = tiny_bundle.latent_shape(32, 32)
+    videos = [torch.randn(1, 9, *latent_shape, generator=torch.Generator().manual_seed(seed)) for seed in range(3)]
+    alone_decoders = [StreamingVaeDecoder(tiny_bundle.vae) for _ in videos]
+    together_decoders = [StreamingVaeDecoder(tiny_bundle.vae) for _ in videos]
+    for start in range(0, 9, 3):
+        chunks = [video[:, start : start + 3] for video in videos]
+        calls = [DecodeCall(decoder, chunk) for decoder, chunk in zip(together_decoders, chunks, strict=True)]
+        batched = decode_together(calls)
+        for decoder, chunk, frames in zip(alone_decoders, chunks, batched, strict=True):
+            torch.testing.assert_close(frames, decoder.decode_chunk(chunk), **DECODE_TOLERANCE)
+    with pytest.raises(ValueError, match="causal contexts of one shape"):  # a new stream is not in step
+        decode_together([DecodeCall(StreamingVaeDecoder(tiny_bundle.vae), videos[0][:, :3]),
+                         DecodeCall(together_decoders[0], videos[0][:, :3])])

@@ -1,5 +1,5 @@
 """The scheduler (issue #18): least playout slack first, within a bound on each session's device time; chunk
-steps of compatible sessions batched.
+steps of compatible sessions batched, and renderings of same-size chunks decoded together.
 
 Jobs advance a fake clock by their cost, so the schedule is exact and independent of the machine's speed.
 """
@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import threading
+from dataclasses import replace
 
+import numpy as np
 import pytest
 import torch
 from test_batching import CHUNKS, TOLERANCE, alone, plan
@@ -95,10 +97,11 @@ def test_a_session_waiting_for_its_first_chunk_is_served_before_buffered_ones():
 async def _step_sessions(worker: DeviceWorker, sessions: list[GenerationSession]):
     gate = threading.Event()
     worker.submit(gate.wait, owner="gate")  # every step is queued before the worker picks
-    steps = [asyncio.ensure_future(worker.run_step(session, owner=index)) for index, session in enumerate(sessions)]
+    jobs = [worker.run_batched(session.step_job(), owner=index) for index, session in enumerate(sessions)]
+    steps = [asyncio.ensure_future(job) for job in jobs]
     await asyncio.sleep(0.05)
     gate.set()
-    return [step for step, _ in await asyncio.gather(*steps)]
+    return await asyncio.gather(*steps)
 
 
 def test_the_worker_batches_compatible_steps_and_charges_each_session(tiny_bundle):
@@ -109,9 +112,9 @@ def test_the_worker_batches_compatible_steps_and_charges_each_session(tiny_bundl
         chunks = [[] for _ in sessions]
         for _ in range(CHUNKS):
             steps = asyncio.run(_step_sessions(worker, sessions))
-            assert [step.batch_size for step in steps] == [3, 3, 1, 3]
-            assert all(step.device_seconds > 0 for step in steps)
-            for produced, step in zip(chunks, steps, strict=True):
+            assert [share.batch_size for _, share in steps] == [3, 3, 1, 3]
+            assert all(share.seconds > 0 for _, share in steps)
+            for produced, (step, _) in zip(chunks, steps, strict=True):
                 produced.append(step.result.chunk.latents)
         for session_plan, produced in zip(plans, chunks, strict=True):
             for own, chunk in zip(alone(tiny_bundle, session_plan), produced, strict=True):
@@ -119,4 +122,33 @@ def test_the_worker_batches_compatible_steps_and_charges_each_session(tiny_bundl
     finally:
         worker.shutdown()
         for session in sessions:
+            session.close()
+
+
+async def _render_sessions(worker: DeviceWorker, sessions: list[GenerationSession], steps: list) -> list:
+    gate = threading.Event()
+    worker.submit(gate.wait, owner="gate")
+    jobs = [worker.run_batched(session.render_job(GenerationSession.decode, step), owner=index)
+            for index, (session, step) in enumerate(zip(sessions, steps, strict=True))]
+    rendered = [asyncio.ensure_future(job) for job in jobs]
+    await asyncio.sleep(0.05)
+    gate.set()
+    return await asyncio.gather(*rendered)
+
+
+def test_the_render_worker_decodes_same_size_chunks_together(tiny_bundle):
+    worker = DeviceWorker("test-render", max_batch=4)
+    plans = [replace(plan(seed), decode=True) for seed in (1, 2)]
+    sessions = [GenerationSession(tiny_bundle, session_plan) for session_plan in plans]
+    references = [GenerationSession(tiny_bundle, session_plan) for session_plan in plans]
+    try:
+        for _ in range(2):
+            rendered = asyncio.run(_render_sessions(worker, sessions, [session.step() for session in sessions]))
+            assert [share.batch_size for _, share in rendered] == [2, 2]
+            for reference, (frames, _) in zip(references, rendered, strict=True):
+                alone_frames = reference.decode(reference.step())
+                assert np.abs(frames.astype(int) - alone_frames.astype(int)).max() <= 1  # uint8, rounding at most
+    finally:
+        worker.shutdown()
+        for session in sessions + references:
             session.close()

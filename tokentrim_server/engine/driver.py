@@ -39,7 +39,7 @@ import torch
 from tokentrim_server.engine.admission import Admission, Reservation
 from tokentrim_server.engine.generation import ChunkStep, GenerationSession, SessionPlan
 from tokentrim_server.engine.playout import PlayoutClock, PlayoutTiming
-from tokentrim_server.engine.worker import DeviceWorker
+from tokentrim_server.engine.worker import DeviceWorker, Share
 from tokentrim_server.loading.model import ModelBundle
 
 P = TypeVar("P")
@@ -154,6 +154,7 @@ class DeliveredChunk(Generic[P]):
     payload: P
     queue_wait_seconds: float  # waiting for the device worker
     playout: PlayoutTiming  # what the session's simulated viewer saw of it (when first handed out)
+    render_seconds: float  # its share of the render worker's time (decode and encode, batched or not)
     replayed: bool = False  # handed out before, again for a resumed client
 
 
@@ -196,8 +197,8 @@ class SessionDriver(Generic[P]):
         self.playout = playout
         self.generation: GenerationSession | None = None
         self._opening: Future[GenerationSession] | None = None
-        self._outputs: asyncio.Queue[tuple[ChunkStep, float, asyncio.Future[P]] | None] = asyncio.Queue()
-        self._head: tuple[ChunkStep, float, asyncio.Future[P]] | None = None  # taken from the queue, not yet out
+        self._outputs: asyncio.Queue[tuple[ChunkStep, float, asyncio.Future[tuple[P, Share]]] | None] = asyncio.Queue()
+        self._head: tuple[ChunkStep, float, asyncio.Future[tuple[P, Share]]] | None = None  # taken, not yet out
         self._replay: deque[DeliveredChunk[P]] = deque(maxlen=replay_chunks)
         self.delivered = 0  # chunks handed out (each once; replays not counted)
         self._exhausted = False  # the producer is done and every chunk was handed out
@@ -233,9 +234,10 @@ class SessionDriver(Generic[P]):
                     self._exhausted = True
                     break
             step, waited, rendering = self._head
-            payload = await asyncio.shield(rendering)  # a dropped call must not cancel the chunk's rendering
+            payload, share = await asyncio.shield(rendering)  # a dropped call must not cancel the chunk's rendering
             self._head = None
-            delivered = DeliveredChunk(step, payload, waited, self.playout.deliver(self._generation.video_frames(step)))
+            timing = self.playout.deliver(self._generation.video_frames(step))
+            delivered = DeliveredChunk(step, payload, waited, timing, share.seconds)
             self._replay.append(delivered)
             self.delivered += 1
             yield delivered
@@ -352,12 +354,15 @@ class SessionDriver(Generic[P]):
         generation = self._generation
         try:
             while not self._at_end() and await self.control.take_credit():
-                step, waited = await self.workers.denoise.run_step(generation, self.owner, self.playout.slack)
+                step, share = await self.workers.denoise.run_batched(
+                    generation.step_job(), self.owner, self.playout.slack
+                )
+                step = replace(step, batch_size=share.batch_size, device_seconds=share.seconds)
                 self.playout.produced(generation.video_frames(step))
                 rendering = asyncio.ensure_future(
-                    self.workers.render.run(self.render, generation, step, owner=self.owner)
+                    self.workers.render.run_batched(generation.render_job(self.render, step), self.owner)
                 )
-                await self._outputs.put((step, waited, rendering))
+                await self._outputs.put((step, share.waited, rendering))
             self._ended_by_half_close = self.control.requests_closed and not self._at_end()
         except Exception as error:  # chunks() raises it; other sessions are untouched
             self.control.fail(error)

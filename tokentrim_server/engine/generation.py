@@ -12,23 +12,33 @@ from __future__ import annotations
 import threading
 import time
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import torch
 
+from tokentrim_server.engine.batching import Batched
 from tokentrim_server.engine.render_stream import Ready, RenderStream
 from tokentrim_server.engine.report import ChunkResult
 from tokentrim_server.engine.runner import open_runner
 from tokentrim_server.hooks import SessionHook
 from tokentrim_server.loading.model import ModelBundle
-from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8, video_frame_count
+from tokentrim_server.models.causal_wan import ModelCall
+from tokentrim_server.models.vae import (
+    DecodeCall,
+    StreamingVaeDecoder,
+    decode_together,
+    frames_to_uint8,
+    video_frame_count,
+)
 from tokentrim_server.pipelines.base import Chunk
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.registry import PIPELINES
 from tokentrim_server.policies.base import CachePolicy
+
+P = TypeVar("P")
 
 
 @dataclass(frozen=True)
@@ -73,6 +83,7 @@ class GenerationSession:
         stream = pipeline.open(self._embed(plan.prompt), latent_shape, SeededNoise(plan.seed), plan.chunks)
         self.runner = open_runner(stream, plan.policy, plan.seed, plan.hooks)
         self.decoder = StreamingVaeDecoder(bundle.vae) if plan.decode else None
+        self._decode_call: Callable[[DecodeCall], torch.Tensor] = _decode_alone  # batched by render_job
         self.render_stream = RenderStream(model.device)
         # The emitted chunks whose frames may still be cached: what a prompt switch re-encodes.
         self._recent: deque[Chunk] = deque()
@@ -85,22 +96,39 @@ class GenerationSession:
     def frames_per_block(self) -> int:
         return self.runner.stream.frames_per_block
 
-    @property
-    def batch_key(self) -> tuple:
-        """Sessions with equal keys step together in step: same pipeline, frame size and denoising steps."""
+    def step_job(self) -> Batched[ChunkStep]:
+        """:meth:`step` as a job the device worker may batch with other sessions' steps (same pipeline, frame size
+        and denoising steps: they stay in step). The first chunk of a session with hooks is stepped alone (their
+        differentiable calls run outside the batched path). Its cost (denoising steps x tokens) shares out a
+        batch's device time."""
         stream = self.runner.stream
-        return stream.pipeline_name, stream.block_shape, len(stream.timesteps), self.device
+        hooked = bool(self.plan.hooks) and stream.emitted == 0
+        steps = len(stream.timesteps)
+        key = None if hooked else ("denoise", stream.pipeline_name, stream.block_shape, steps, self.device)
 
-    @property
-    def batchable(self) -> bool:
-        """Whether the next chunk can be stepped with other sessions': not while session hooks take part in it
-        (their differentiable calls run alone, so the first chunk of a hooked session is stepped alone)."""
-        return not (self.plan.hooks and self.runner.stream.emitted == 0)
+        def task(call_model: Callable[[ModelCall], torch.Tensor]) -> ChunkStep:
+            stream.call_model = call_model
+            try:
+                return self.step()
+            finally:
+                stream.call_model = stream.call_alone
 
-    @property
-    def step_cost(self) -> int:
-        """The compute cost of the next chunk (denoising steps x tokens), for sharing out a batch's device time."""
-        return self.runner.stream.step_cost
+        return Batched(key, stream.step_cost, task, self.bundle.transformer.forward_many_no_grad)
+
+    def render_job(self, render: Callable[[GenerationSession, ChunkStep], P], step: ChunkStep) -> Batched[P]:
+        """``render(self, step)`` as a job the render worker may batch with other sessions': chunks of one shape
+        decode as one batch, each session keeping its own causal decoder context."""
+        latents = step.result.chunk.latents
+        key = None if self.decoder is None else ("decode", tuple(latents.shape), step.result.chunk.index == 0)
+
+        def task(call: Callable[[DecodeCall], torch.Tensor]) -> P:
+            self._decode_call = call
+            try:
+                return render(self, step)
+            finally:
+                self._decode_call = _decode_alone
+
+        return Batched(key, latents.numel(), task, decode_together)
 
     def request_prompt_change(self, prompt: str) -> None:
         """Use ``prompt`` from the next chunk on (thread-safe; a later request replaces an unapplied one)."""
@@ -129,7 +157,8 @@ class GenerationSession:
             raise RuntimeError("this session delivers latents; it has no decoder")
         latents = step.result.chunk.latents
         with self.render_stream.rendering(step.ready, latents):
-            frames = self.render_stream.to_host(frames_to_uint8(self.decoder.decode_chunk(latents))[0]).numpy()
+            decoded = self._decode_call(DecodeCall(self.decoder, latents))
+            frames = self.render_stream.to_host(frames_to_uint8(decoded)[0]).numpy()
         self.frames_emitted += frames.shape[0]
         return frames
 
@@ -184,3 +213,7 @@ class GenerationSession:
         self._recent.append(chunk)
         cached = set(self.runner.stream.cache.frames)
         self._recent = deque(kept for kept in self._recent if kept.frame_start in cached)
+
+
+def _decode_alone(call: DecodeCall) -> torch.Tensor:
+    return decode_together([call])[0]

@@ -19,12 +19,13 @@ cannot get more than ``fairness_seconds`` of device time ahead of the others, ho
 an expensive session cannot starve cheap ones. ``fairness_seconds = 0`` is plain fair queuing;
 ``inf`` plain least-slack-first.
 
-*Batching.* When the picked job is a chunk step that can run batched, the worker takes with it the queued
-chunk steps of other owners with the same batch key (pipeline, frame size, denoising steps), up to
-``max_batch`` sessions in all, in the same order, and steps them together. The batch's device time is
-charged to its sessions in proportion to their compute cost (denoising steps x tokens), so a session
-pays for its own work whatever it ran with. Client credit stays the backpressure: a session without credit
-has no step queued.
+*Batching.* When the picked job is batchable (:class:`~tokentrim_server.engine.batching.Batched`: a chunk step
+on the device worker, a chunk's rendering on the render worker), the worker takes with it the queued jobs of
+other owners with the same batch key (for steps: pipeline, frame size, denoising steps; for renderings: the
+chunk's shape), up to ``max_batch`` in all, in the same order, and runs them together, their device calls
+batched. The batch's time is charged to its owners in proportion to their jobs' compute cost (denoising
+steps x tokens), so a session pays for its own work whatever it ran with. Client credit stays the
+backpressure: a session without credit has no step queued.
 
 On CUDA the measured time is the host's wall time of the job, which includes the device time wherever
 the job synchronises (a policy's ``.item()``, a chunk's end); that is the cost the other sessions wait for.
@@ -40,13 +41,10 @@ import time
 from collections import deque
 from collections.abc import Callable, Hashable
 from concurrent.futures import Future
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field
+from typing import Any, TypeVar
 
-from tokentrim_server.engine.batching import BatchStepper
-
-if TYPE_CHECKING:
-    from tokentrim_server.engine.generation import ChunkStep, GenerationSession
+from tokentrim_server.engine.batching import Batched, BatchRunner
 
 T = TypeVar("T")
 Slack = Callable[[], float]
@@ -63,7 +61,7 @@ class _Job:
     urgent: bool
     tag: float = 0.0
     slack: Slack | None = None
-    session: GenerationSession | None = None  # a chunk step, which may run batched with other sessions'
+    batched: Batched[Any] | None = None  # a job that may run batched with other owners' (function unused)
     submitted: float = field(default_factory=time.perf_counter)
     started: float = 0.0
 
@@ -71,8 +69,17 @@ class _Job:
         return slack, self.tag, self.sequence
 
     @property
-    def batch_key(self) -> tuple | None:
-        return self.session.batch_key if self.session is not None and self.session.batchable else None
+    def batch_key(self) -> Hashable | None:
+        return self.batched.key if self.batched is not None else None
+
+
+@dataclass(frozen=True)
+class Share:
+    """How a batchable job ran: with how many jobs, its share of their time, and how long it waited."""
+
+    batch_size: int
+    seconds: float  # the batch's measured time times the job's share of the batch's cost
+    waited: float  # seconds from its submission until it started
 
 
 @dataclass
@@ -104,7 +111,7 @@ class DeviceWorker:
         self._clock = clock
         self.max_batch = max_batch
         self.fairness_seconds = fairness_seconds
-        self._stepper = BatchStepper(max_batch) if max_batch > 1 else None
+        self._batches = BatchRunner(max_batch) if max_batch > 1 else None
         self._lock = threading.Condition()
         self._owners: dict[Hashable, _Owner] = {}
         self._virtual_time = 0.0
@@ -117,13 +124,12 @@ class DeviceWorker:
         """Run ``function(*args)`` on the worker; cancelling the caller does not stop a job already queued."""
         return await asyncio.wrap_future(self.submit(function, *args, owner=owner))
 
-    async def run_step(
-        self, session: GenerationSession, owner: Hashable = None, slack: Slack | None = None
-    ) -> tuple[ChunkStep, float]:
-        """``session.step()`` on the worker, batched with other sessions' steps where it can; also returns the
-        seconds the step waited in the queue. ``slack`` orders it against the other sessions' jobs."""
-        future: Future[tuple[ChunkStep, float]] = Future()
-        self._queue(_Job(session.step, (), future, owner, 0, False, slack=slack, session=session))
+    async def run_batched(
+        self, job: Batched[T], owner: Hashable = None, slack: Slack | None = None
+    ) -> tuple[T, Share]:
+        """Run ``job`` on the worker, batched with other owners' jobs of its key where the schedule allows."""
+        future: Future[tuple[T, Share]] = Future()
+        self._queue(_Job(job.run_alone, (), future, owner, 0, False, slack=slack, batched=job))
         return await asyncio.wrap_future(future)
 
     def submit(
@@ -143,10 +149,10 @@ class DeviceWorker:
         self._queue(_Job(function, args, future, owner, 0, urgent, slack=slack))
         return future
 
-    def queued_steps(self) -> int:
-        """Chunk steps waiting for the device (the scheduler's queue depth)."""
+    def queued_batchable(self) -> int:
+        """Batchable jobs (chunk steps, renderings) waiting for the worker: the scheduler's queue depth."""
         with self._lock:
-            return sum(job.session is not None for state in self._owners.values() for job in state.queue)
+            return sum(job.batched is not None for state in self._owners.values() for job in state.queue)
 
     def forget(self, owner: Hashable) -> None:
         """Drop ``owner``'s accounting once it will submit nothing more (a finished session)."""
@@ -161,8 +167,8 @@ class DeviceWorker:
             self._closed = True
             self._lock.notify()
         self._thread.join()
-        if self._stepper is not None:
-            self._stepper.shutdown()
+        if self._batches is not None:
+            self._batches.shutdown()
 
     # ------------------------------------------------------------------ the worker thread
     def _queue(self, job: _Job) -> None:
@@ -183,14 +189,14 @@ class DeviceWorker:
                 return
             started = self._clock()
             running = [job for job in jobs if job.future.set_running_or_notify_cancel()]
-            outcomes = self._step_together(running) if len(running) > 1 else [self._run_alone(job) for job in running]
+            outcomes = self._run_together(running) if len(running) > 1 else [self._run_alone(job) for job in running]
             shares = self._done(jobs, self._clock() - started)
             for job, (result, error) in zip(running, outcomes, strict=True):
                 if error is not None:  # the caller gets it; the worker goes on
                     job.future.set_exception(error)
-                elif job.session is not None:
-                    step = replace(result, batch_size=len(running), device_seconds=shares[id(job)])
-                    job.future.set_result((step, job.started - job.submitted))
+                elif job.batched is not None:
+                    share = Share(len(running), shares[id(job)], job.started - job.submitted)
+                    job.future.set_result((result, share))
                 else:
                     job.future.set_result(result)
 
@@ -201,12 +207,12 @@ class DeviceWorker:
         except BaseException as error:
             return None, error
 
-    def _step_together(self, jobs: list[_Job]) -> list[tuple[Any, BaseException | None]]:
-        assert self._stepper is not None
+    def _run_together(self, jobs: list[_Job]) -> list[tuple[Any, BaseException | None]]:
+        assert self._batches is not None
         for job in jobs:
             job.started = time.perf_counter()
-        steps, _ = self._stepper.step([job.session for job in jobs])  # type: ignore[misc]
-        return [(None, step.exception()) if step.exception() is not None else (step.result(), None) for step in steps]
+        outcomes, _ = self._batches.run([job.batched for job in jobs])  # type: ignore[misc]
+        return [(done.result(), None) if done.exception() is None else (None, done.exception()) for done in outcomes]
 
     def _next_jobs(self) -> list[_Job]:
         """The next job, with the chunk steps batched with it; empty once shut down and drained."""
@@ -242,7 +248,7 @@ class DeviceWorker:
     def _done(self, jobs: list[_Job], seconds: float) -> dict[int, float]:
         """Charge the device time to the jobs' owners, in proportion to each chunk's compute cost; returns each
         job's share (by ``id``)."""
-        costs = {id(job): job.session.step_cost if job.session is not None else 1 for job in jobs}
+        costs = {id(job): job.batched.cost if job.batched is not None else 1.0 for job in jobs}
         total = sum(costs.values())
         shares = {key: seconds * cost / total for key, cost in costs.items()}
         with self._lock:

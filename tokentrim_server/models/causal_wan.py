@@ -256,6 +256,11 @@ class CausalWanTransformer(nn.Module):
             flow = self._forward(calls, gradient_checkpointing)
         return list(flow.split([call.latents.shape[0] for call in calls]))
 
+    @torch.no_grad()
+    def forward_many_no_grad(self, calls: list[ModelCall]) -> list[torch.Tensor]:
+        """:meth:`forward_many` without autograd (the serving path)."""
+        return self.forward_many(calls)
+
     def _forward(self, calls: list[ModelCall], gradient_checkpointing: bool) -> torch.Tensor:
         base = self.base
         latents = _cat([call.latents for call in calls])

@@ -244,10 +244,9 @@ class StreamBase:
         """The work of one chunk, denoising steps x tokens of a block: how a batched call's time is shared out."""
         return len(self.timesteps) * self.frames_per_block * self.tokens_per_frame
 
-    @torch.no_grad()
     def call_alone(self, call: ModelCall) -> torch.Tensor:
         """The model call on its own (the default :attr:`call_model`)."""
-        return self.model.forward_many([call])[0]
+        return self.model.forward_many_no_grad([call])[0]
 
     def call_differentiable(
         self,

@@ -132,8 +132,8 @@ class TokentrimServer:
         device = DeviceWorker(
             "tokentrim-device", max_batch=config.max_batch_sessions, fairness_seconds=config.scheduler_fairness_seconds
         )
-        self.workers = Workers(device, DeviceWorker("tokentrim-render"))
-        self.metrics.queue_depth.set_function(device.queued_steps)
+        self.workers = Workers(device, DeviceWorker("tokentrim-render", max_batch=config.max_batch_sessions))
+        self.metrics.queue_depth.set_function(device.queued_batchable)
         validator = RequestValidator(config, self.bundle, self.bundle.default_size, budget)
         realtime = RealtimeMeter(VIDEO_FPS) if config.realtime_admission else None
         self.service = StreamingService(

@@ -225,8 +225,7 @@ class ServedSession:
         self.metrics.observe_playout(self.plan.pipeline, delivered.playout, step.batch_size)
         realtime = self.driver.admission.realtime
         if realtime is not None:
-            realtime.record(delivered.playout.frames, step.device_seconds + rendered.decode_seconds
-                            + rendered.encode_seconds)
+            realtime.record(delivered.playout.frames, step.device_seconds + delivered.render_seconds)
         self.metrics.cache_bytes.inc(step.cache_bytes - self._cache_bytes)
         self._cache_bytes = step.cache_bytes
         report = step.result.report
