@@ -175,6 +175,7 @@ def concurrency(args: argparse.Namespace, bundle: ModelBundle, sessions: int, ba
         run_session(server.target, replace_chunks(args, 1), 99, {}, encoding)  # warm-up
         while server.server.service.admission.sessions:  # its release frees its slot just after its end
             time.sleep(0.01)
+        server.server.metrics.batch_size.clear()  # the batches of the timed sessions only
         results: list[dict] = [{} for _ in range(sessions)]
         threads = [threading.Thread(target=run_session, args=(server.target, args, seed, results[seed], encoding))
                    for seed in range(sessions)]
@@ -184,6 +185,9 @@ def concurrency(args: argparse.Namespace, bundle: ModelBundle, sessions: int, ba
         for thread in threads:
             thread.join()
         wall = time.perf_counter() - started
+        registry = server.server.metrics.registry
+        batches = registry.get_sample_value("tokentrim_scheduler_batch_size_sum") or 0.0
+        mean_batch = batches / (registry.get_sample_value("tokentrim_scheduler_batch_size_count") or 1.0)
     served = [result for result in results if not result["refused"]]
     latencies = sorted(seconds for result in served for seconds in result["latencies"])
     return {
@@ -203,6 +207,7 @@ def concurrency(args: argparse.Namespace, bundle: ModelBundle, sessions: int, ba
         "deadline_misses": sum(result["deadline_misses"] for result in served),
         "jain_frames_per_second": jain([result["frames"] / result["seconds"] for result in served]),
         "jain_stall_seconds": jain([result["stall_seconds"] for result in served]),
+        "mean_batch_size": mean_batch,
         "cache_reserved_bytes_per_session": served[0]["reserved"],
         "cache_peak_bytes_per_session": max(result["peak_cache"] for result in served),
     }
