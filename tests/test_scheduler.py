@@ -16,6 +16,7 @@ import torch
 from test_batching import CHUNKS, TOLERANCE, alone, plan
 from test_device_worker import FakeClock
 
+from tokentrim_server.engine.batching import Batched
 from tokentrim_server.engine.generation import GenerationSession
 from tokentrim_server.engine.playout import PlayoutClock
 from tokentrim_server.engine.worker import DeviceWorker
@@ -94,14 +95,14 @@ def test_a_session_waiting_for_its_first_chunk_is_served_before_buffered_ones():
     assert buffered.slack() == pytest.approx(0.0 + 0.5 + 1.0 - 0.2)
 
 
-async def _step_sessions(worker: DeviceWorker, sessions: list[GenerationSession]):
+async def _run_together(worker: DeviceWorker, jobs: list[Batched]) -> list:
+    """Queue every job (owner: its index) before the worker picks, then their (result, share) pairs."""
     gate = threading.Event()
-    worker.submit(gate.wait, owner="gate")  # every step is queued before the worker picks
-    jobs = [worker.run_batched(session.step_job(), owner=index) for index, session in enumerate(sessions)]
-    steps = [asyncio.ensure_future(job) for job in jobs]
+    worker.submit(gate.wait, owner="gate")
+    running = [asyncio.ensure_future(worker.run_batched(job, owner=index)) for index, job in enumerate(jobs)]
     await asyncio.sleep(0.05)
     gate.set()
-    return await asyncio.gather(*steps)
+    return await asyncio.gather(*running)
 
 
 def test_the_worker_batches_compatible_steps_and_charges_each_session(tiny_bundle):
@@ -111,7 +112,7 @@ def test_the_worker_batches_compatible_steps_and_charges_each_session(tiny_bundl
     try:
         chunks = [[] for _ in sessions]
         for _ in range(CHUNKS):
-            steps = asyncio.run(_step_sessions(worker, sessions))
+            steps = asyncio.run(_run_together(worker, [session.step_job() for session in sessions]))
             assert [share.batch_size for _, share in steps] == [3, 3, 1, 3]
             assert all(share.seconds > 0 for _, share in steps)
             for produced, (step, _) in zip(chunks, steps, strict=True):
@@ -125,17 +126,6 @@ def test_the_worker_batches_compatible_steps_and_charges_each_session(tiny_bundl
             session.close()
 
 
-async def _render_sessions(worker: DeviceWorker, sessions: list[GenerationSession], steps: list) -> list:
-    gate = threading.Event()
-    worker.submit(gate.wait, owner="gate")
-    jobs = [worker.run_batched(session.render_job(GenerationSession.decode, step), owner=index)
-            for index, (session, step) in enumerate(zip(sessions, steps, strict=True))]
-    rendered = [asyncio.ensure_future(job) for job in jobs]
-    await asyncio.sleep(0.05)
-    gate.set()
-    return await asyncio.gather(*rendered)
-
-
 def test_the_render_worker_decodes_same_size_chunks_together(tiny_bundle):
     worker = DeviceWorker("test-render", max_batch=4)
     plans = [replace(plan(seed), decode=True) for seed in (1, 2)]
@@ -143,7 +133,8 @@ def test_the_render_worker_decodes_same_size_chunks_together(tiny_bundle):
     references = [GenerationSession(tiny_bundle, session_plan) for session_plan in plans]
     try:
         for _ in range(2):
-            rendered = asyncio.run(_render_sessions(worker, sessions, [session.step() for session in sessions]))
+            jobs = [session.render_job(GenerationSession.decode, session.step()) for session in sessions]
+            rendered = asyncio.run(_run_together(worker, jobs))
             assert [share.batch_size for _, share in rendered] == [2, 2]
             for reference, (frames, _) in zip(references, rendered, strict=True):
                 alone_frames = reference.decode(reference.step())

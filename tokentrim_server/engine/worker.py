@@ -190,7 +190,7 @@ class DeviceWorker:
             started = self._clock()
             running = [job for job in jobs if job.future.set_running_or_notify_cancel()]
             outcomes = self._run_together(running) if len(running) > 1 else [self._run_alone(job) for job in running]
-            shares = self._done(jobs, self._clock() - started)
+            shares = self._done(jobs, running, self._clock() - started)
             for job, (result, error) in zip(running, outcomes, strict=True):
                 if error is not None:  # the caller gets it; the worker goes on
                     job.future.set_exception(error)
@@ -215,7 +215,7 @@ class DeviceWorker:
         return [(done.result(), None) if done.exception() is None else (None, done.exception()) for done in outcomes]
 
     def _next_jobs(self) -> list[_Job]:
-        """The next job, with the chunk steps batched with it; empty once shut down and drained."""
+        """The next job, with the jobs batched with it; empty once shut down and drained."""
         with self._lock:
             while True:
                 heads = [state.queue[0] for state in self._owners.values() if state.queue]
@@ -245,12 +245,12 @@ class DeviceWorker:
         )
         return [first, *mates[: self.max_batch - 1]]
 
-    def _done(self, jobs: list[_Job], seconds: float) -> dict[int, float]:
-        """Charge the device time to the jobs' owners, in proportion to each chunk's compute cost; returns each
-        job's share (by ``id``)."""
-        costs = {id(job): job.batched.cost if job.batched is not None else 1.0 for job in jobs}
+    def _done(self, jobs: list[_Job], running: list[_Job], seconds: float) -> dict[int, float]:
+        """Charge the time ``running`` took to their owners, in proportion to each job's compute cost (a job
+        cancelled before it ran costs nothing); returns each job's share (by ``id``)."""
+        costs = {id(job): job.batched.cost if job.batched is not None else 1.0 for job in running}
         total = sum(costs.values())
-        shares = {key: seconds * cost / total for key, cost in costs.items()}
+        shares = {id(job): seconds * costs[id(job)] / total if id(job) in costs else 0.0 for job in jobs}
         with self._lock:
             for job in jobs:
                 state = self._owners[job.owner]
