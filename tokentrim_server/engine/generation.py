@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from tokentrim_server.engine.batching import Batched
-from tokentrim_server.engine.render_stream import Ready, RenderStream
+from tokentrim_server.engine.render_stream import Ready, RenderStream, batch_stream
 from tokentrim_server.engine.report import ChunkResult
 from tokentrim_server.engine.runner import open_runner
 from tokentrim_server.hooks import SessionHook
@@ -117,18 +117,24 @@ class GenerationSession:
 
     def render_job(self, render: Callable[[GenerationSession, ChunkStep], P], step: ChunkStep) -> Batched[P]:
         """``render(self, step)`` as a job the render worker may batch with other sessions': chunks of one shape
-        decode as one batch, each session keeping its own causal decoder context."""
+        decode as one batch, each session keeping its own causal decoder context. On CUDA the batch runs on the
+        device's batch stream, between this session's render stream reaching the decode and going on."""
         latents = step.result.chunk.latents
         key = None if self.decoder is None else ("decode", tuple(latents.shape), step.result.chunk.index == 0)
 
-        def task(call: Callable[[DecodeCall], torch.Tensor]) -> P:
-            self._decode_call = call
+        def task(call: Callable[[HandedDecode], tuple[torch.Tensor, Ready]]) -> P:
+            def decode_in_batch(decode: DecodeCall) -> torch.Tensor:
+                frames, done = call(HandedDecode(decode, self.render_stream.mark_ready()))
+                self.render_stream.take(done, frames)
+                return frames
+
+            self._decode_call = decode_in_batch
             try:
                 return render(self, step)
             finally:
                 self._decode_call = _decode_alone
 
-        return Batched(key, latents.numel(), task, decode_together)
+        return Batched(key, latents.numel(), task, decode_handed)
 
     def request_prompt_change(self, prompt: str) -> None:
         """Use ``prompt`` from the next chunk on (thread-safe; a later request replaces an unapplied one)."""
@@ -213,6 +219,28 @@ class GenerationSession:
         self._recent.append(chunk)
         cached = set(self.runner.stream.cache.frames)
         self._recent = deque(kept for kept in self._recent if kept.frame_start in cached)
+
+
+@dataclass(frozen=True)
+class HandedDecode:
+    """A session's chunk to decode in a batch, and where its render stream handed it over."""
+
+    decode: DecodeCall
+    ready: Ready
+
+    @property
+    def batch_key(self) -> tuple:
+        return self.decode.batch_key
+
+
+def decode_handed(calls: list[HandedDecode]) -> list[tuple[torch.Tensor, Ready]]:
+    """Decode the chunks together on the batch stream, after every session handed its chunk over; each comes
+    back with the point where the batch's frames are complete."""
+    stream = batch_stream(calls[0].decode.latents.device)
+    with stream.rendering([call.ready for call in calls], *(call.decode.latents for call in calls)):
+        frames = decode_together([call.decode for call in calls])
+        done = stream.mark_ready()
+    return [(frame, done) for frame in frames]
 
 
 def _decode_alone(call: DecodeCall) -> torch.Tensor:
