@@ -20,6 +20,7 @@ from tokentrim_server.engine.batching import Batched
 from tokentrim_server.engine.generation import GenerationSession
 from tokentrim_server.engine.playout import PlayoutClock
 from tokentrim_server.engine.worker import DeviceWorker
+from tokentrim_server.hooks import DenoisingStep, SessionHook
 
 
 class Streams:
@@ -142,4 +143,32 @@ def test_the_render_worker_decodes_same_size_chunks_together(tiny_bundle):
     finally:
         worker.shutdown()
         for session in sessions + references:
+            session.close()
+
+
+class Nudge(SessionHook):
+    """Scales the first step's noisy latent of the session's first chunk (a hook that changes the video)."""
+
+    name = "nudge"
+
+    def adjust(self, step: DenoisingStep) -> torch.Tensor | None:
+        return step.noisy * 1.1 if step.step == 0 else None
+
+
+def test_a_hooked_first_chunk_is_stepped_alone_then_the_session_batches(tiny_bundle):
+    worker = DeviceWorker("test-scheduler", max_batch=2)
+    hooked = GenerationSession(tiny_bundle, replace(plan(6), hooks=(Nudge(),)))
+    sessions = [hooked, GenerationSession(tiny_bundle, plan(7))]
+    try:
+        chunks = []
+        for index in range(CHUNKS):
+            steps = asyncio.run(_run_together(worker, [session.step_job() for session in sessions]))
+            assert [share.batch_size for _, share in steps] == ([1, 1] if index == 0 else [2, 2])
+            chunks.append(steps[0][0].result.chunk.latents)
+        for own, chunk in zip(alone(tiny_bundle, replace(plan(6), hooks=(Nudge(),))), chunks, strict=True):
+            torch.testing.assert_close(chunk, own, **TOLERANCE)
+        assert not torch.allclose(chunks[0], alone(tiny_bundle, plan(6))[0])  # the hook took part
+    finally:
+        worker.shutdown()
+        for session in sessions:
             session.close()
