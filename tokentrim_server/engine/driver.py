@@ -15,7 +15,8 @@ A transport whose client vanished can :meth:`SessionDriver.hold` the session ins
 production pauses (the chunks in flight still complete), the state moves off the accelerator, and a later
 :meth:`SessionDriver.resume` brings it back; :meth:`SessionDriver.chunks` then hands out again the chunks
 after the last one the client received (the last ``replay_chunks`` are kept), then new ones. Nothing about
-the generation changes, so the video is the one an uninterrupted session makes, bit for bit.
+the generation changes, so the video is the one an uninterrupted session makes: bit for bit when its chunks
+run alone, within float rounding when they run batched with other sessions' (the batches may differ).
 
 Whatever ends the session (done, stop, client gone, error, shutdown, hold expired),
 :meth:`SessionDriver.finish` frees its device state after every job it queued, then releases its admission
