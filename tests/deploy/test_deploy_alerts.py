@@ -31,6 +31,7 @@ REQUIRED_ALERTS = {
     "TokentrimSessionsRejected",
     "TokentrimPruneRateHigh",
     "TokentrimKvCacheNearBudget",
+    "TokentrimViewersStalling",
 }
 
 

@@ -5,15 +5,18 @@ Transport-neutral: a server (gRPC today, a WebRTC gateway or a scheduler tomorro
 changes, no more requests), iterates :meth:`SessionDriver.chunks` for the rendered chunks in order, and
 always calls :meth:`SessionDriver.finish`. Two activities run on the event loop:
 
-* the producer waits for credit (at most the idle timeout), runs the next chunk on the device worker, and
-  queues its rendering on the render worker, so rendering chunk k overlaps denoising chunk k+1;
-* :meth:`SessionDriver.chunks` hands out the chunks in order as their rendering completes.
+* the producer waits for credit (at most the idle timeout), runs the next chunk on the device worker (which
+  orders it by the session's playout slack and may batch it with other sessions' chunks), and queues its
+  rendering on the render worker, so rendering chunk k overlaps denoising chunk k+1;
+* :meth:`SessionDriver.chunks` hands out the chunks in order as their rendering completes, each timed
+  against the session's :class:`~tokentrim_server.engine.playout.PlayoutClock` (its simulated viewer).
 
 A transport whose client vanished can :meth:`SessionDriver.hold` the session instead of finishing it:
 production pauses (the chunks in flight still complete), the state moves off the accelerator, and a later
 :meth:`SessionDriver.resume` brings it back; :meth:`SessionDriver.chunks` then hands out again the chunks
 after the last one the client received (the last ``replay_chunks`` are kept), then new ones. Nothing about
-the generation changes, so the video is the one an uninterrupted session makes, bit for bit.
+the generation changes, so the video is the one an uninterrupted session makes: bit for bit when its chunks
+run alone, within float rounding when they run batched with other sessions' (the batches may differ).
 
 Whatever ends the session (done, stop, client gone, error, shutdown, hold expired),
 :meth:`SessionDriver.finish` frees its device state after every job it queued, then releases its admission
@@ -36,7 +39,8 @@ import torch
 
 from tokentrim_server.engine.admission import Admission, Reservation
 from tokentrim_server.engine.generation import ChunkStep, GenerationSession, SessionPlan
-from tokentrim_server.engine.worker import DeviceWorker
+from tokentrim_server.engine.playout import PlayoutClock, PlayoutTiming
+from tokentrim_server.engine.worker import DeviceWorker, Share
 from tokentrim_server.loading.model import ModelBundle
 
 P = TypeVar("P")
@@ -150,6 +154,8 @@ class DeliveredChunk(Generic[P]):
     step: ChunkStep
     payload: P
     queue_wait_seconds: float  # waiting for the device worker
+    playout: PlayoutTiming  # what the session's simulated viewer saw of it (when first handed out)
+    render_seconds: float  # its share of the render worker's time (decode and encode, batched or not)
     replayed: bool = False  # handed out before, again for a resumed client
 
 
@@ -162,7 +168,8 @@ class SessionDriver(Generic[P]):
 
     ``owner`` keys the session's jobs on the workers (their fair share, and the order of its clean-up);
     ``max_chunks`` is where an unbounded session ends (``None``: when stopped); ``replay_chunks`` how many of
-    the last chunks handed out are kept for a resumed client; ``on_released`` runs once everything is freed.
+    the last chunks handed out are kept for a resumed client; ``on_released`` runs once everything is freed;
+    ``playout`` is the session's simulated viewer (its slack orders the session's chunks on the device worker).
     """
 
     def __init__(
@@ -175,6 +182,7 @@ class SessionDriver(Generic[P]):
         max_chunks: int | None,
         admission: Admission,
         reservation: Reservation,
+        playout: PlayoutClock,
         on_released: Callable[[], None] | None = None,
         replay_chunks: int = 0,
     ) -> None:
@@ -187,10 +195,11 @@ class SessionDriver(Generic[P]):
         self.admission = admission
         self.reservation = reservation
         self.on_released = on_released
+        self.playout = playout
         self.generation: GenerationSession | None = None
         self._opening: Future[GenerationSession] | None = None
-        self._outputs: asyncio.Queue[tuple[ChunkStep, float, asyncio.Future[P]] | None] = asyncio.Queue()
-        self._head: tuple[ChunkStep, float, asyncio.Future[P]] | None = None  # taken from the queue, not yet out
+        self._outputs: asyncio.Queue[tuple[ChunkStep, float, asyncio.Future[tuple[P, Share]]] | None] = asyncio.Queue()
+        self._head: tuple[ChunkStep, float, asyncio.Future[tuple[P, Share]]] | None = None  # taken, not yet out
         self._replay: deque[DeliveredChunk[P]] = deque(maxlen=replay_chunks)
         self.delivered = 0  # chunks handed out (each once; replays not counted)
         self._exhausted = False  # the producer is done and every chunk was handed out
@@ -226,9 +235,10 @@ class SessionDriver(Generic[P]):
                     self._exhausted = True
                     break
             step, waited, rendering = self._head
-            payload = await asyncio.shield(rendering)  # a dropped call must not cancel the chunk's rendering
+            payload, share = await asyncio.shield(rendering)  # a dropped call must not cancel the chunk's rendering
             self._head = None
-            delivered = DeliveredChunk(step, payload, waited)
+            timing = self.playout.deliver(self._generation.video_frames(step))
+            delivered = DeliveredChunk(step, payload, waited, timing, share.seconds)
             self._replay.append(delivered)
             self.delivered += 1
             yield delivered
@@ -278,10 +288,16 @@ class SessionDriver(Generic[P]):
     def resume(self, credits: int) -> None:
         """A client is back: bring the state home, then produce again under ``credits``."""
         self._move_state(self._generation.device)  # queued before the producer's next step (one owner's order)
+        self.playout.restart()
         self.control.resume(credits)
         if self._exhausted and self._ended_by_half_close:  # it only paused: production starts again
             self._exhausted = self._ended_by_half_close = False
             self._producer = None
+
+    @property
+    def finished(self) -> bool:
+        """Whether :meth:`finish` was called."""
+        return self._finished
 
     def finish(self) -> None:
         """Stop producing and free everything the session holds, after every job it queued (idempotent)."""
@@ -290,6 +306,7 @@ class SessionDriver(Generic[P]):
         self._finished = True
         if self._producer is not None:
             self._producer.cancel()
+        self._cancel_renderings()
         opening, workers, owner = self._opening, self.workers, self.owner
 
         def release_after_device_jobs() -> None:
@@ -311,6 +328,16 @@ class SessionDriver(Generic[P]):
         workers.render.submit(after_render_jobs, owner=owner, urgent=True)
 
     # ------------------------------------------------------------------ internals
+    def _cancel_renderings(self) -> None:
+        """Drop the renderings no one will receive (those not started yet are skipped by the render worker), so a
+        finished session's release does not wait for them."""
+        pending = [self._head] if self._head is not None else []
+        while not self._outputs.empty():
+            pending.append(self._outputs.get_nowait())
+        for item in pending:
+            if item is not None:
+                item[2].cancel()
+
     def _move_state(self, device: torch.device) -> None:
         generation = self._generation
         if generation.device == PARKED:  # a CPU server has nowhere else to park it
@@ -328,11 +355,15 @@ class SessionDriver(Generic[P]):
         generation = self._generation
         try:
             while not self._at_end() and await self.control.take_credit():
-                step, waited = await self.workers.denoise.run_timed(generation.step, owner=self.owner)
-                rendering = asyncio.ensure_future(
-                    self.workers.render.run(self.render, generation, step, owner=self.owner)
+                step, share = await self.workers.denoise.run_batched(
+                    generation.step_job(), self.owner, self.playout.slack
                 )
-                await self._outputs.put((step, waited, rendering))
+                step = replace(step, batch_size=share.batch_size, device_seconds=share.seconds)
+                self.playout.produced(generation.video_frames(step))
+                rendering = asyncio.ensure_future(
+                    self.workers.render.run_batched(generation.render_job(self.render, step), self.owner)
+                )
+                await self._outputs.put((step, share.waited, rendering))
             self._ended_by_half_close = self.control.requests_closed and not self._at_end()
         except Exception as error:  # chunks() raises it; other sessions are untouched
             self.control.fail(error)

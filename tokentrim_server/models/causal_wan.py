@@ -9,17 +9,24 @@ modules and weights:
 * self-attention of the chunk over keys supplied by the pipeline's cache (an :class:`AttentionContext`),
   and cross-attention over text K/V computed once per session (:class:`TextContext`).
 
-A block runs as two pure tensor functions (:func:`block_qkv`, :func:`block_update`) around the context's
-cache write, so the optional ``torch.compile`` path (``compile=True``, see :mod:`.compile`) compiles exactly
-the arithmetic the eager reference path runs. ``tt::`` profiler ranges mark the attention kernels and the
-cache step for ``benchmarks/profile_chunk.py``; they cost one flag check when no profiler is active.
+A block runs as pure tensor functions (:func:`block_qkv`, then self-attention, then :func:`block_finish`)
+around the context's cache write, so the optional ``torch.compile`` path (``compile=True``, see :mod:`.compile`)
+compiles exactly the arithmetic the eager reference path runs.
+
+Several sessions' calls of the same input shape run as one batched call (:meth:`CausalWanTransformer.forward_many`,
+used by the engine's scheduler): patch embedding, modulation, norms, linear layers, cross-attention and FFN
+run over every session's tokens together; self-attention runs per session, over the keys its own context
+(its own KV cache) supplies, at its own RoPE position. A call alone is the batch of one: there is one code
+path, so a batched call and the same call alone differ only by the rounding of batched matrix products.
+``tt::`` profiler ranges mark the attention kernels and the cache step for ``benchmarks/profile_chunk.py``;
+they cost one flag check when no profiler is active.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections import OrderedDict
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Protocol
 
 import torch
@@ -77,6 +84,22 @@ class TextContext:
         """Move every layer's K/V to ``device`` (a held session parks them off the accelerator)."""
         self.keys[:] = [key.to(device) for key in self.keys]
         self.values[:] = [value.to(device) for value in self.values]
+
+
+@dataclass(frozen=True)
+class ModelCall:
+    """One session's model call: the arguments of :meth:`CausalWanTransformer.forward`."""
+
+    latents: torch.Tensor  # [B, F, C, H, W]
+    timesteps: torch.Tensor  # [B, F]
+    text: TextContext
+    context: AttentionContext
+    frame_start: int
+
+    @property
+    def batch_key(self) -> tuple:
+        """Calls with equal keys can run as one batched call (per-frame timesteps may differ)."""
+        return (tuple(self.latents.shape), self.latents.dtype, self.latents.device, tuple(self.text.keys[0].shape))
 
 
 class CausalWanTransformer(nn.Module):
@@ -141,15 +164,17 @@ class CausalWanTransformer(nn.Module):
         run on the model's device here.
         """
         self.compiled = bool(enabled)
-        self._compiled_qkv = self._compiled_update = None
+        self._compiled_qkv = self._compiled_finish = None
         if not enabled:
             return
         reason = compile_unavailable_reason(self.device)
         if reason is not None:
             raise ValueError(f"compile is not available on {self.device.type}: {reason}")
+        # Self-attention runs eagerly between the two (per session, over keys whose length changes chunk by chunk,
+        # or when a policy prunes), so neither compiled function sees a cache length; a new batch size (sessions
+        # batched together) recompiles once, after which dynamo treats the batch as dynamic.
         self._compiled_qkv = DynamicCompiled(block_qkv, dynamic_args=())
-        # keys and values (arguments 3 and 4) grow with the cache and shrink when a policy prunes it.
-        self._compiled_update = DynamicCompiled(block_update, dynamic_args=(3, 4))
+        self._compiled_finish = DynamicCompiled(block_finish, dynamic_args=())
 
     def tokens_per_frame(self, latent_height: int, latent_width: int) -> int:
         _, ph, pw = self.patch_size
@@ -215,24 +240,45 @@ class CausalWanTransformer(nn.Module):
         Returns:
             ``[B, F, C, H, W]`` flow prediction.
         """
-        with _profile_range("tt::transformer"):
-            return self._forward(latents, timesteps, text, context, frame_start, gradient_checkpointing)
+        return self.forward_many([ModelCall(latents, timesteps, text, context, frame_start)], gradient_checkpointing)[0]
 
-    def _forward(
-        self,
-        latents: torch.Tensor,
-        timesteps: torch.Tensor,
-        text: TextContext,
-        context: AttentionContext,
-        frame_start: int,
-        gradient_checkpointing: bool,
-    ) -> torch.Tensor:
+    def forward_many(self, calls: list[ModelCall], gradient_checkpointing: bool = False) -> list[torch.Tensor]:
+        """Run several sessions' calls of one :attr:`ModelCall.batch_key` as one batched call; returns each flow.
+
+        Each call's self-attention reads and writes only its own context, in the order of ``calls``.
+        """
+        keys = {call.batch_key for call in calls}
+        if len(keys) != 1:
+            raise ValueError(
+                f"calls batched together need one input shape, dtype and device; got {sorted(map(str, keys))}"
+            )
+        with _profile_range("tt::transformer"):
+            flow = self._forward(calls, gradient_checkpointing)
+        return list(flow.split([call.latents.shape[0] for call in calls]))
+
+    @torch.no_grad()
+    def forward_many_no_grad(self, calls: list[ModelCall]) -> list[torch.Tensor]:
+        """:meth:`forward_many` without autograd (the serving path)."""
+        return self.forward_many(calls)
+
+    def _forward(self, calls: list[ModelCall], gradient_checkpointing: bool) -> torch.Tensor:
         base = self.base
-        geo = self.geometry(latents, frame_start)
+        latents = _cat([call.latents for call in calls])
+        timesteps = _cat([call.timesteps for call in calls])
+        geo = self.geometry(latents, calls[0].frame_start)
         batch, frames = timesteps.shape
         hidden = base.patch_embedding(latents.permute(0, 2, 1, 3, 4).to(self.dtype))
         hidden = hidden.flatten(2).transpose(1, 2).contiguous()
-        rope = self.rotary(geo, hidden.device)
+        sessions = [
+            _Session(
+                call.latents.shape[0],
+                call.context,
+                self.rotary(replace(geo, frame_start=call.frame_start), hidden.device),
+            )
+            for call in calls
+        ]
+        text_keys = [_cat([call.text.keys[layer] for call in calls]) for layer in range(self.num_layers)]
+        text_values = [_cat([call.text.values[layer] for call in calls]) for layer in range(self.num_layers)]
 
         embedder = base.condition_embedder
         t_freq = embedder.timesteps_proj(timesteps.flatten())
@@ -243,12 +289,8 @@ class CausalWanTransformer(nn.Module):
 
         checkpointed = gradient_checkpointing and torch.is_grad_enabled()
         for index, block in enumerate(base.blocks):
-            if checkpointed:
-                hidden = checkpoint(
-                    self._block, index, block, hidden, modulation, text, context, rope, use_reentrant=False
-                )
-            else:
-                hidden = self._block(index, block, hidden, modulation, text, context, rope)
+            args = (index, block, hidden, modulation, text_keys[index], text_values[index], sessions)
+            hidden = checkpoint(self._block, *args, use_reentrant=False) if checkpointed else self._block(*args)
 
         shift, scale = (base.scale_shift_table.unsqueeze(0) + temb.unsqueeze(2)).chunk(2, dim=2)
         hidden = _modulate(base.norm_out(hidden.float()), frames, shift, scale).type_as(hidden)
@@ -261,24 +303,25 @@ class CausalWanTransformer(nn.Module):
         block: nn.Module,
         hidden: torch.Tensor,
         modulation: torch.Tensor,
-        text: TextContext,
-        context: AttentionContext,
-        rope: Tables,
+        text_keys: torch.Tensor,
+        text_values: torch.Tensor,
+        sessions: list[_Session],
     ) -> torch.Tensor:
         params = tuple((block.scale_shift_table.unsqueeze(0) + modulation.float()).chunk(6, dim=2))
         if self.compiled and not torch.is_grad_enabled():
-            qkv, update = self._compiled_qkv, self._compiled_update
+            qkv, finish = self._compiled_qkv, self._compiled_finish
             attend_self = attend_cross = self._attend
         else:
-            qkv, update = block_qkv, block_update
+            qkv, finish = block_qkv, block_finish
             attend_self, attend_cross = self._attend_self, self._attend_cross
         q, k, v = qkv(block, hidden, params, self.num_heads)
-        with _profile_range("tt::kv_cache"):
-            keys, values = context.keys_values(index, k, v)
-        return update(
-            block, hidden, q, keys, values, rope, params, text.keys[index], text.values[index], attend_self,
-            attend_cross,
-        )
+        attended = []
+        rows = [session.rows for session in sessions]
+        for session, own_q, own_k, own_v in zip(sessions, q.split(rows), k.split(rows), v.split(rows), strict=True):
+            with _profile_range("tt::kv_cache"):
+                keys, values = session.context.keys_values(index, own_k, own_v)
+            attended.append(attend_self(apply_rotary(own_q, session.rope), keys, values))
+        return finish(block, hidden, _cat(attended), params, text_keys, text_values, attend_cross)
 
     def rotary(self, geo: ChunkGeometry, device: torch.device) -> Tables:
         """Cos/sin tables of ``geo`` on ``device`` (the same read-only tensors for repeated geometries)."""
@@ -316,25 +359,20 @@ def block_qkv(
     return q, k, v
 
 
-def block_update(
+def block_finish(
     block: nn.Module,
     hidden: torch.Tensor,
-    q: torch.Tensor,
-    keys: torch.Tensor,
-    values: torch.Tensor,
-    rope: Tables,
+    attended: torch.Tensor,
     params: Modulation,
     text_keys: torch.Tensor,
     text_values: torch.Tensor,
-    attend_self: AttentionFn,
     attend_cross: AttentionFn,
 ) -> torch.Tensor:
-    """The rest of a block once the context supplied ``keys``/``values``: attentions, FFN, gated residuals."""
+    """The rest of a block once self-attention gave ``attended``: its output projection, cross-attention, FFN."""
     _, _, gate_msa, shift_ffn, scale_ffn, gate_ffn = params
     frames = gate_msa.shape[1]
-    # 1. Self-attention over [context keys; own keys].
-    attn = block.attn1
-    out = attn.to_out[0](attend_self(apply_rotary(q, rope), keys, values).flatten(2))
+    # 1. Self-attention's output, gated into the residual.
+    out = block.attn1.to_out[0](attended.flatten(2))
     hidden = (hidden.float() + _gate(out, frames, gate_msa)).type_as(hidden)
 
     # 2. Cross-attention to the prompt (cached K/V).
@@ -349,6 +387,20 @@ def block_update(
     normed = _modulate(block.norm3(hidden.float()), frames, shift_ffn, scale_ffn).type_as(hidden)
     out = block.ffn(normed)
     return (hidden.float() + _gate(out.float(), frames, gate_ffn)).type_as(hidden)
+
+
+@dataclass(frozen=True)
+class _Session:
+    """One call's rows of a batched call: how many, its attention context and its rotary tables."""
+
+    rows: int
+    context: AttentionContext
+    rope: Tables
+
+
+def _cat(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """Concatenate along the batch; a single tensor is used as it is (no copy for a call alone)."""
+    return tensors[0] if len(tensors) == 1 else torch.cat(tensors)
 
 
 def _profile_range(name: str) -> contextlib.AbstractContextManager:
@@ -373,4 +425,3 @@ def _modulate(normed: torch.Tensor, frames: int, shift: torch.Tensor, scale: tor
 
 def _gate(update: torch.Tensor, frames: int, gate: torch.Tensor) -> torch.Tensor:
     return (update.unflatten(1, (frames, -1)) * gate).flatten(1, 2)
-

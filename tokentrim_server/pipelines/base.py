@@ -19,6 +19,7 @@ from tokentrim_server.models.causal_wan import (
     AttentionContext,
     CausalWanTransformer,
     ChunkGeometry,
+    ModelCall,
     TextContext,
 )
 from tokentrim_server.pipelines.noise import NoiseSource
@@ -54,6 +55,10 @@ class ChunkAttempt:
     rewind: Callable[[], None]
     complete: Callable[[torch.Tensor], Chunk]
 
+
+CallModel = Callable[[ModelCall], torch.Tensor]
+"""Runs one no-grad model call and returns its flow; the engine's scheduler swaps in one that batches the calls
+of sessions stepping together (:mod:`tokentrim_server.engine.batching`)."""
 
 Predict = Callable[..., torch.Tensor]
 """``predict(latents, *, gradient_checkpointing=False) -> flow``: one block's differentiable model call at one
@@ -130,6 +135,7 @@ class StreamBase:
         self.cache = KVCache(model.num_layers, self.tokens_per_frame, self.options.sink_frames, capacity)
         self.emitted = 0  # chunks produced so far, prefilled ones included
         self.prefilled = 0  # of which given by :meth:`prefill`
+        self.call_model: CallModel = self.call_alone
 
     def __iter__(self) -> Iterator[Chunk]:
         return self
@@ -248,12 +254,20 @@ class StreamBase:
         noise = self.noise.renoise(block, step, tuple(x0.shape), self.model.device, self.model.dtype)
         return add_noise(x0, noise, timestep)
 
-    @torch.no_grad()
     def call(
         self, latents: torch.Tensor, timesteps: torch.Tensor, frame_start: int, context: AttentionContext
     ) -> torch.Tensor:
-        """One model call; returns the flow prediction."""
-        return self.model(latents, timesteps, self.text, context, frame_start)
+        """One model call (through :attr:`call_model`); returns the flow prediction."""
+        return self.call_model(ModelCall(latents, timesteps, self.text, context, frame_start))
+
+    @property
+    def step_cost(self) -> int:
+        """The work of one chunk, denoising steps x tokens of a block: how a batched call's time is shared out."""
+        return len(self.timesteps) * self.frames_per_block * self.tokens_per_frame
+
+    def call_alone(self, call: ModelCall) -> torch.Tensor:
+        """The model call on its own (the default :attr:`call_model`)."""
+        return self.model.forward_many_no_grad([call])[0]
 
     def call_differentiable(
         self,

@@ -16,7 +16,7 @@ from grpc_reflection.v1alpha import reflection
 from tokentrim.v1 import streaming_pb2 as pb
 
 from tokentrim_server import __version__
-from tokentrim_server.engine.admission import Admission
+from tokentrim_server.engine.admission import Admission, RealtimeMeter
 from tokentrim_server.engine.driver import Workers
 from tokentrim_server.engine.generation import GenerationSession
 from tokentrim_server.engine.worker import DeviceWorker
@@ -29,6 +29,7 @@ from tokentrim_server.server.decoding import add_tolerant_service
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import RequestError, RequestValidator
 from tokentrim_server.server.service import StreamingService
+from tokentrim_server.server.session import VIDEO_FPS
 
 log = logging.getLogger(__name__)
 
@@ -128,10 +129,16 @@ class TokentrimServer:
         self.model_name = public_model_name(config)
         self.metrics = ServerMetrics(config.max_sessions, budget, self.model_name, __version__)
         self.metrics.declare_plugins(policy_names(), PIPELINES)
-        self.workers = Workers(DeviceWorker("tokentrim-device"), DeviceWorker("tokentrim-render"))
+        device = DeviceWorker(
+            "tokentrim-device", max_batch=config.max_batch_sessions, fairness_seconds=config.scheduler_fairness_seconds
+        )
+        self.workers = Workers(device, DeviceWorker("tokentrim-render", max_batch=config.max_batch_sessions))
+        self.metrics.queue_depth.set_function(device.queued_batchable)
         validator = RequestValidator(config, self.bundle, self.bundle.default_size, budget)
+        realtime = RealtimeMeter(VIDEO_FPS) if config.realtime_admission else None
         self.service = StreamingService(
-            self.bundle, validator, Admission(config.max_sessions, budget), self.metrics, self.workers, self.model_name
+            self.bundle, validator, Admission(config.max_sessions, budget, realtime), self.metrics, self.workers,
+            self.model_name,
         )
         self.health = health.aio.HealthServicer()
         self.ports: list[int] = []

@@ -103,6 +103,22 @@ class ServerConfig:
         "Self Forcing's default local attention window in latent frames (-1: global; sessions may override)",
     )
     max_sessions: int = option(4, "sessions that may run at once")
+    max_batch_sessions: int = option(
+        8, "most sessions whose chunks the scheduler steps together as one batched model call per denoising step "
+        "(1: no batching)",
+    )
+    scheduler_fairness_seconds: float = option(
+        0.5, "device seconds a session may get ahead of the others because it has the least playout slack (0: plain "
+        "fair sharing of device time, ignoring slack)",
+    )
+    playout_prebuffer_seconds: float = option(
+        0.5, "video a session's simulated viewer buffers before it starts playing (the playout clock behind slack, "
+        "deadline misses and stalls)",
+    )
+    realtime_admission: bool = option(
+        False, "refuse a new session (RESOURCE_EXHAUSTED) when the measured throughput says the admitted sessions "
+        "could no longer all play in real time",
+    )
     cache_budget: str = option(
         "auto", "KV-cache memory for all sessions, e.g. 8GiB; auto: half the free GPU memory after loading, 4GiB on CPU"
     )
@@ -144,11 +160,15 @@ class ServerConfig:
             "start_timeout_seconds",
             "max_denoising_steps",
             "max_hook_iterations",
+            "max_batch_sessions",
         )
         for name in positive:
             if getattr(self, name) <= 0:
                 raise ConfigError(f"{name} must be > 0; got {getattr(self, name)}")
-        for name in ("max_chunks", "max_session_hooks", "drain_seconds", "idle_timeout_seconds", "resume_hold_seconds"):
+        for name in (
+            "max_chunks", "max_session_hooks", "drain_seconds", "idle_timeout_seconds", "resume_hold_seconds",
+            "scheduler_fairness_seconds", "playout_prebuffer_seconds",
+        ):
             if getattr(self, name) < 0:
                 raise ConfigError(f"{name} must be >= 0; got {getattr(self, name)}")
         if self.warmup_chunks < -1:

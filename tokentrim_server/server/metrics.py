@@ -13,22 +13,27 @@ from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Summary, start_http_server
 
+from tokentrim_server.engine.playout import PlayoutTiming
 from tokentrim_server.engine.report import ChunkReport
 
 # From a few milliseconds (tiny models, policy decisions) to tens of seconds (a full-size chunk on a slow device).
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 0.75, 1.0, 1.5, 2.5, 5.0, 10.0, 20.0, 40.0, 80.0)
 FPS_BUCKETS = (1.0, 2.0, 4.0, 8.0, 12.0, 16.0, 20.0, 24.0, 32.0, 48.0, 64.0, 128.0)
 # Drift severity is a mean squared latent difference; its scale depends on the model, so span decades.
+# Slack: how far a stream is ahead of its viewer (negative: the viewer waited).
+SLACK_BUCKETS = (-10.0, -2.5, -1.0, -0.5, -0.25, -0.1, 0.0, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+REALTIME_BUCKETS = (0.25, 0.5, 0.75, 0.9, 1.0, 1.1, 1.25, 1.5, 2.0, 4.0, 8.0)
+BATCH_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32)
 SEVERITY_BUCKETS = (1e-4, 3e-4, 1e-3, 3e-3, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0)
 
-RejectReason = Literal["max_sessions", "cache_budget", "invalid_argument", "unauthenticated", "draining"]
+RejectReason = Literal["max_sessions", "cache_budget", "realtime", "invalid_argument", "unauthenticated", "draining"]
 EndReason = Literal[
     "completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout", "expired"
 ]
 Stage = Literal["queue_wait", "denoise", "decode", "encode", "prompt_change"]
 
 REJECT_REASONS: tuple[RejectReason, ...] = (
-    "max_sessions", "cache_budget", "invalid_argument", "unauthenticated", "draining",
+    "max_sessions", "cache_budget", "realtime", "invalid_argument", "unauthenticated", "draining",
 )
 END_REASONS: tuple[EndReason, ...] = (
     "completed", "stopped", "length_limit", "cancelled", "error", "shutdown", "idle_timeout", "expired",
@@ -82,6 +87,37 @@ class ServerMetrics:
             "tokentrim_session_frames_per_second",
             "Per-session generation rate, observed at every chunk: the chunk's frames over its latency",
             ["pipeline"], buckets=FPS_BUCKETS, registry=registry,
+        )
+        self.chunk_slack = Histogram(
+            "tokentrim_chunk_slack_seconds",
+            "A chunk's playout slack when delivered: its first frame's due time at the session's simulated viewer "
+            "minus its arrival (negative: the viewer stalled)", ["pipeline"], buckets=SLACK_BUCKETS, registry=registry,
+        )
+        self.deadline_misses = Counter(
+            "tokentrim_chunk_deadline_misses_total",
+            "Chunks delivered after their frame's time on the session's fixed playout clock", ["pipeline"],
+            registry=registry,
+        )
+        self.viewer_stalls = Counter(
+            "tokentrim_viewer_stalls_total", "Stalls (rebuffering) of the sessions' simulated viewers", ["pipeline"],
+            registry=registry,
+        )
+        self.viewer_stall_seconds = Counter(
+            "tokentrim_viewer_stall_seconds_total", "Seconds the sessions' simulated viewers stalled", ["pipeline"],
+            registry=registry,
+        )
+        self.realtime_factor = Histogram(
+            "tokentrim_session_realtime_factor",
+            "Per session, when it ends: seconds of video delivered per second it ran (>= 1: real time)",
+            ["pipeline"], buckets=REALTIME_BUCKETS, registry=registry,
+        )
+        self.batch_size = Histogram(
+            "tokentrim_scheduler_batch_size", "Sessions stepped together in the batched step that made a chunk",
+            buckets=BATCH_BUCKETS, registry=registry,
+        )
+        self.queue_depth = Gauge(
+            "tokentrim_scheduler_queue_depth", "Chunk steps waiting for the device (sessions with credit)",
+            registry=registry,
         )
         self.prompt_changes = Counter(
             "tokentrim_prompt_changes_total", "Prompt changes applied at a chunk boundary", registry=registry
@@ -144,7 +180,8 @@ class ServerMetrics:
             for pipeline in pipelines:
                 self.chunks.labels(pipeline, policy)
         for pipeline in pipelines:
-            self.frames.labels(pipeline)
+            for child in (self.frames, self.deadline_misses, self.viewer_stalls, self.viewer_stall_seconds):
+                child.labels(pipeline)
 
     def observe_chunk(self, pipeline: str, policy: str, frames: int, stages: dict[Stage, float],
                       report: ChunkReport) -> None:
@@ -164,6 +201,16 @@ class ServerMetrics:
         self.policy_tokens_removed.labels(policy).inc(report.tokens_removed)
         self.policy_regenerations.labels(policy).inc(report.regenerations)
         self.policy_seconds.labels(policy).observe(report.policy_seconds)
+
+    def observe_playout(self, pipeline: str, timing: PlayoutTiming, batch_size: int) -> None:
+        """A delivered chunk as the session's simulated viewer saw it, and the step that made it."""
+        self.chunk_slack.labels(pipeline).observe(timing.slack_seconds)
+        self.batch_size.observe(batch_size)
+        if timing.deadline_missed:
+            self.deadline_misses.labels(pipeline).inc()
+        if timing.stall_seconds > 0:
+            self.viewer_stalls.labels(pipeline).inc()
+            self.viewer_stall_seconds.labels(pipeline).inc(timing.stall_seconds)
 
     def observe_hook(self, hook: str, seconds: float, values: dict[str, float]) -> None:
         self.hook_seconds.labels(hook).observe(seconds)

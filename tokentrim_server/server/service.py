@@ -25,11 +25,10 @@ from tokentrim_server.server.errors import log_fault
 from tokentrim_server.server.holds import HeldSessions, caller_identity, new_resume_token
 from tokentrim_server.server.metrics import ServerMetrics
 from tokentrim_server.server.requests import RequestError, RequestValidator, options_as_dict
-from tokentrim_server.server.session import ServedSession
+from tokentrim_server.server.session import VIDEO_FPS, ServedSession
 
 log = logging.getLogger(__name__)
 
-VIDEO_FPS = 16.0  # Wan 2.1 is trained on 16 frames per second
 SHUTDOWN_WAIT_SECONDS = 30.0
 SETTLE_SECONDS = 0.1  # a cancelled call's last messages (a stop) reach the reader within this
 

@@ -28,6 +28,7 @@ from tokentrim.v1 import streaming_pb2 as pb
 from tokentrim_server.engine.admission import Admission, Reservation
 from tokentrim_server.engine.driver import DeliveredChunk, Ending, SessionControl, SessionDriver, Workers
 from tokentrim_server.engine.generation import ChunkStep, GenerationSession
+from tokentrim_server.engine.playout import PlayoutClock
 from tokentrim_server.loading.model import ModelBundle
 from tokentrim_server.server.decoding import Undecodable
 from tokentrim_server.server.encoding import fill_payload
@@ -38,6 +39,7 @@ from tokentrim_server.server.requests import PlannedSession, RequestError, Reque
 log = logging.getLogger(__name__)
 
 HALF_CLOSE_SETTLE_SECONDS = 0.2
+VIDEO_FPS = 16.0  # Wan 2.1 is trained on 16 frames per second
 END_REASONS = {
     "completed": pb.END_REASON_COMPLETED, "stopped": pb.END_REASON_STOPPED,
     "requests_closed": pb.END_REASON_STOPPED, "length_limit": pb.END_REASON_LENGTH_LIMIT,
@@ -80,7 +82,8 @@ class ServedSession:
         self.control = SessionControl(planned.credits, config.max_credits, config.idle_timeout_seconds)
         self.driver: SessionDriver[Rendered] = SessionDriver(
             session_id, self.plan, self.control, workers, self._render, planned.max_chunks, admission, reservation,
-            on_released, replay_chunks=config.max_credits if resume_token else 0,
+            PlayoutClock(VIDEO_FPS, config.playout_prebuffer_seconds), on_released,
+            replay_chunks=config.max_credits if resume_token else 0,
         )
         self.admitted_at = time.perf_counter()
         self._reader: asyncio.Task[None] | None = None
@@ -156,6 +159,8 @@ class ServedSession:
             self._reader.cancel()
         self.metrics.cache_bytes.dec(self._cache_bytes)
         self._cache_bytes = 0
+        if self.driver.delivered and not self.driver.finished:
+            self.metrics.realtime_factor.labels(self.plan.pipeline).observe(self.driver.playout.realtime_factor())
         self.driver.finish()
 
     # ------------------------------------------------------------------ the client's messages
@@ -216,6 +221,11 @@ class ServedSession:
             "prompt_change": step.prompt_change_seconds,
         }
         copy_fields(stages, rendered.message.timings, suffix="_seconds")
+        rendered.message.slack_seconds = delivered.playout.slack_seconds
+        self.metrics.observe_playout(self.plan.pipeline, delivered.playout, step.batch_size)
+        realtime = self.driver.admission.realtime
+        if realtime is not None:
+            realtime.record(delivered.playout.frames, step.device_seconds + delivered.render_seconds)
         self.metrics.cache_bytes.inc(step.cache_bytes - self._cache_bytes)
         self._cache_bytes = step.cache_bytes
         report = step.result.report

@@ -43,6 +43,12 @@ class ReceivedChunk:
         return self.message.prompt_version
 
     @property
+    def slack_seconds(self) -> float:
+        """How far the stream was ahead of a viewer playing it in real time when the server sent this chunk
+        (negative: such a viewer would have stalled; see the server's playout clock)."""
+        return self.message.slack_seconds
+
+    @property
     def hook_reports(self) -> list[dict[str, Any]]:
         """The session hooks' reports (first chunk only) as dicts: name, seconds, values."""
         return [{"name": r.name, "seconds": r.seconds, "values": dict(r.values)} for r in self.message.hook_reports]

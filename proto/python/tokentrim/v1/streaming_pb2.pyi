@@ -155,7 +155,7 @@ class SessionStarted(_message.Message):
     def __init__(self, session_id: _Optional[str] = ..., model: _Optional[str] = ..., pipeline: _Optional[str] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., frames_per_second: _Optional[float] = ..., seed: _Optional[int] = ..., chunks: _Optional[int] = ..., cache_policy: _Optional[str] = ..., session_hooks: _Optional[_Iterable[str]] = ..., credits: _Optional[int] = ..., cache_budget_bytes: _Optional[int] = ..., resume_token: _Optional[str] = ..., resumed: _Optional[bool] = ...) -> None: ...
 
 class Chunk(_message.Message):
-    __slots__ = ("index", "first_frame", "frame_count", "encoding", "jpeg_frames", "rgb", "latents", "timings", "cache_report", "prompt_version", "hook_reports")
+    __slots__ = ("index", "first_frame", "frame_count", "encoding", "jpeg_frames", "rgb", "latents", "timings", "cache_report", "prompt_version", "hook_reports", "slack_seconds")
     INDEX_FIELD_NUMBER: _ClassVar[int]
     FIRST_FRAME_FIELD_NUMBER: _ClassVar[int]
     FRAME_COUNT_FIELD_NUMBER: _ClassVar[int]
@@ -167,6 +167,7 @@ class Chunk(_message.Message):
     CACHE_REPORT_FIELD_NUMBER: _ClassVar[int]
     PROMPT_VERSION_FIELD_NUMBER: _ClassVar[int]
     HOOK_REPORTS_FIELD_NUMBER: _ClassVar[int]
+    SLACK_SECONDS_FIELD_NUMBER: _ClassVar[int]
     index: int
     first_frame: int
     frame_count: int
@@ -178,7 +179,8 @@ class Chunk(_message.Message):
     cache_report: CacheReport
     prompt_version: int
     hook_reports: _containers.RepeatedCompositeFieldContainer[HookReport]
-    def __init__(self, index: _Optional[int] = ..., first_frame: _Optional[int] = ..., frame_count: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., jpeg_frames: _Optional[_Iterable[bytes]] = ..., rgb: _Optional[bytes] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Union[ChunkTimings, _Mapping]] = ..., cache_report: _Optional[_Union[CacheReport, _Mapping]] = ..., prompt_version: _Optional[int] = ..., hook_reports: _Optional[_Iterable[_Union[HookReport, _Mapping]]] = ...) -> None: ...
+    slack_seconds: float
+    def __init__(self, index: _Optional[int] = ..., first_frame: _Optional[int] = ..., frame_count: _Optional[int] = ..., encoding: _Optional[_Union[Encoding, str]] = ..., jpeg_frames: _Optional[_Iterable[bytes]] = ..., rgb: _Optional[bytes] = ..., latents: _Optional[_Union[Tensor, _Mapping]] = ..., timings: _Optional[_Union[ChunkTimings, _Mapping]] = ..., cache_report: _Optional[_Union[CacheReport, _Mapping]] = ..., prompt_version: _Optional[int] = ..., hook_reports: _Optional[_Iterable[_Union[HookReport, _Mapping]]] = ..., slack_seconds: _Optional[float] = ...) -> None: ...
 
 class Tensor(_message.Message):
     __slots__ = ("shape", "dtype", "data")
