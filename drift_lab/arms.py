@@ -59,8 +59,8 @@ class ForwardingPolicy(CachePolicy):
     """
 
     def __init__(self, inner: CachePolicy) -> None:
+        self.inner = inner  # first: a subclass may name itself after it
         super().__init__()
-        self.inner = inner
 
     @property
     def stage(self) -> Stage | None:

@@ -253,6 +253,10 @@ class RecordingPolicy(ForwardingPolicy):
         super().__init__(inner)
         self.inspections: list[Inspection] = []
 
+    @property
+    def name(self) -> str:  # type: ignore[override]  # the recorded policy's, in the runner's messages
+        return self.inner.name
+
     def inspect(self, candidate: Candidate, cache: CacheHandle) -> Decision:
         decision = self.inner.inspect(candidate, cache)
         drift = None

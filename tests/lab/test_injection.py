@@ -116,6 +116,7 @@ def test_the_oracle_prunes_exactly_the_injected_positions(model, truth):
     injection = Injection("cache", "patch", CHUNK, REGION, 1.0)
     grid = grid_of(model, truth)
     recorder = RecordingPolicy(InjectedOracle(injection, grid))
+    assert recorder.name == "injected_oracle"  # the runner's messages name the recorded policy
     generated = rollout(model, truth, injection, recorder)
     triggered = [i for i in recorder.inspections if i.decision.triggered]
     assert [(i.chunk, i.attempt) for i in triggered] == [(CHUNK + 1, 0)]
