@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from drift_lab.arms import WrappedTokenTrim
+from drift_lab.arms import WrappedTokenTrim, token_drift
 from tokentrim_server.policies import CacheHandle, Candidate, Decision
 
 # MAD of a normal distribution is 0.6745 sigma: this scales it to a standard deviation.
@@ -56,8 +56,8 @@ class AdaptiveBudgetPolicy(WrappedTokenTrim):
 
     def inspect(self, candidate: Candidate, cache: CacheHandle) -> Decision:
         found = self.inner.inspect(candidate, cache)
-        if found.positions is None or candidate.previous is None:
+        drift = token_drift(candidate)
+        if found.positions is None or drift is None:
             return found
-        drift = torch.linalg.vector_norm(candidate.summary.float() - candidate.previous.float(), dim=1)
         return Decision(found.triggered, outlier_positions(drift, self.z, self.max_ratio), found.severity,
                         found.threshold)  # fmt: skip

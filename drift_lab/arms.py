@@ -52,6 +52,14 @@ PIPELINES: tuple[str, ...] = ("self_forcing", "rolling_forcing")
 CONTROL = "none"
 
 
+def token_drift(candidate: Candidate) -> torch.Tensor | None:
+    """TokenTrim's per-token drift ``||Z_t(i) - Z_{t-1}(i)||_2`` of a candidate ``[N]`` (``None`` without a previous
+    accepted summary), for lab policies and recorders that need it beside the inner policy's verdict."""
+    if candidate.previous is None:
+        return None
+    return torch.linalg.vector_norm(candidate.summary.float() - candidate.previous.float(), dim=1)
+
+
 class ForwardingPolicy(CachePolicy):
     """A lab policy around another policy instance: stage, budget, verdicts and statistics forwarded to ``inner``.
 

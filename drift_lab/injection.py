@@ -33,7 +33,7 @@ from typing import Literal
 import numpy as np
 import torch
 
-from drift_lab.arms import ForwardingPolicy
+from drift_lab.arms import ForwardingPolicy, token_drift
 from drift_lab.latents import encode_frames
 from drift_lab.model import FRAMES_PER_BLOCK
 from drift_lab.rollout import LabModel, Truth, chunk_first_frame
@@ -259,10 +259,9 @@ class RecordingPolicy(ForwardingPolicy):
 
     def inspect(self, candidate: Candidate, cache: CacheHandle) -> Decision:
         decision = self.inner.inspect(candidate, cache)
-        drift = None
-        if candidate.previous is not None:
-            drift = torch.linalg.vector_norm(candidate.summary.float() - candidate.previous.float(), dim=1).cpu()
-        self.inspections.append(Inspection(candidate.chunk, candidate.attempt, drift, decision))
+        drift = token_drift(candidate)
+        self.inspections.append(Inspection(candidate.chunk, candidate.attempt, None if drift is None else drift.cpu(),
+                                           decision))  # fmt: skip
         return decision
 
 

@@ -44,12 +44,11 @@ from drift_lab.rollout import (
     LabModel,
     Truth,
     chunk_first_frame,
-    decode_chunks,
+    decode_after_truth,
     generate_with,
     load_lab_model,
     make_truth,
 )
-from tokentrim_server.models.vae import StreamingVaeDecoder
 from tokentrim_server.policies import CachePolicy, create_policy
 
 PIPELINE = "self_forcing"
@@ -291,11 +290,7 @@ def _pixel_divergence(
     """Decode the twin and the top-dose rollouts of one seed in one batch; PSNR vs the twin per chunk."""
     names = list(decoded)
     latents = torch.cat([twin.latents, *(decoded[name].latents for name in names)])
-    vae = model.bundle.vae
-    decoder = StreamingVaeDecoder(vae)
-    prefill = twin.prefill_chunks * FRAMES_PER_BLOCK
-    decoder.decode_chunk(truth.latents[:, :prefill].expand(latents.shape[0], -1, -1, -1, -1).to(vae.device))
-    videos = decode_chunks(decoder, latents.to(vae.device))
+    videos = decode_after_truth(model, truth, twin.prefill_chunks, latents)
     frames_per_chunk = videos.shape[1] // (latents.shape[1] // FRAMES_PER_BLOCK)
     if not result.examples:
         result.examples = {"twin": videos[0], **{name: videos[i] for i, name in enumerate(names, start=1)}}

@@ -270,16 +270,23 @@ def decode_and_measure(model: LabModel, truth: Truth, generations: Sequence[Gene
     prefill = generations[0].prefill_chunks
     if any(g.prefill_chunks != prefill or g.latents.shape != generations[0].latents.shape for g in generations):
         raise ValueError("generations decoded together must share their prefill and length")
-    vae = model.bundle.vae
-    batch = len(generations)
-    decoder = StreamingVaeDecoder(vae)
-    decoder.decode_chunk(truth.latents[:, : prefill * FRAMES_PER_BLOCK].expand(batch, -1, -1, -1, -1).to(vae.device))
-    videos = decode_chunks(decoder, torch.cat([g.latents for g in generations]).to(vae.device))
+    videos = decode_after_truth(model, truth, prefill, torch.cat([g.latents for g in generations]))
     start = chunk_first_frame(prefill)
     return [
         Rollout(g, start, video, measure(video, truth.scene, start))
         for g, video in zip(generations, videos, strict=True)
     ]
+
+
+def decode_after_truth(model: LabModel, truth: Truth, prefill_chunks: int, latents: torch.Tensor) -> np.ndarray:
+    """Generated latents ``[B, F, C, h, w]`` decoded as the stream decodes them, after the decoder has decoded the
+    ``prefill_chunks`` true chunks (its causal context is the true past): uint8 videos ``[B, T, H, W, 3]`` of the
+    generated frames only."""
+    vae = model.bundle.vae
+    decoder = StreamingVaeDecoder(vae)
+    prefix = truth.latents[:, : prefill_chunks * FRAMES_PER_BLOCK]
+    decoder.decode_chunk(prefix.expand(latents.shape[0], -1, -1, -1, -1).to(vae.device))
+    return decode_chunks(decoder, latents.to(vae.device))
 
 
 def decode_chunks(decoder: StreamingVaeDecoder, latents: torch.Tensor) -> np.ndarray:
