@@ -9,8 +9,9 @@
 #             Ctrl-C stops both (docs/gateway.md).
 # make proto: regenerate the gRPC code from proto/ (the tests fail when it is stale).
 # make lab-train: train a drift-lab model (LAB_PRESET, LAB_SEED; LAB_DEVICE=cuda on a GPU) into LAB_OUT.
-#                LAB_STAGE=vae: the autoencoder alone (into drift_lab/weights/LAB_PRESET-vae); LAB_STAGE=transformer
-#                LAB_VAE_FROM=FOLDER: a transformer on it. LAB_RESUME=OUT/checkpoint.pt continues a staged run;
+#                LAB_STAGE=vae: the autoencoder alone (into drift_lab/weights/LAB_PRESET-vae); LAB_STAGE=decoder
+#                LAB_VAE_FROM=FOLDER: its decoder tuned on whole clips (into drift_lab/weights/LAB_PRESET-vae-long);
+#                LAB_STAGE=transformer LAB_VAE_FROM=FOLDER: a transformer on it. LAB_RESUME=OUT/checkpoint.pt continues a staged run;
 #                LAB_THREADS=1 on a shared CPU; LAB_ARGS: more drift_lab.train options.
 # make lab-gate: the quality gate of LAB_OUT (exit 1 when it fails); LAB_GATE_ARGS=--vae-only: its autoencoder's.
 # make drift-report: the drift study over LAB_MODELS into docs/drift-lab.md (DRIFT_ARGS=--smoke: a quick run).
@@ -30,7 +31,7 @@ LAB_RESUME ?=
 LAB_THREADS ?=
 LAB_ARGS ?=
 LAB_GATE_ARGS ?=
-LAB_OUT ?= drift_lab/weights/$(LAB_PRESET)-$(if $(filter vae,$(LAB_STAGE)),vae,seed$(LAB_SEED))
+LAB_OUT ?= drift_lab/weights/$(LAB_PRESET)-$(if $(filter vae,$(LAB_STAGE)),vae,$(if $(filter decoder,$(LAB_STAGE)),vae-long,seed$(LAB_SEED)))
 LAB_MODELS ?= $(sort $(dir $(wildcard drift_lab/weights/*/model_index.json)))
 DRIFT_ARGS ?=
 

@@ -13,9 +13,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import multiprocessing
 import sys
 import time
 from collections.abc import Callable, Sequence
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -77,6 +79,10 @@ class ExperimentConfig:
     def __post_init__(self) -> None:
         if not self.models:
             raise ValueError("models must name at least one model folder")
+        names = [Path(model).name for model in self.models]  # a model's name in every table is its folder's
+        if len(set(names)) < len(names):
+            twice = next(name for name in names if names.count(name) > 1)
+            raise ValueError(f"models must have distinct folder names; {twice!r} appears twice")
         if self.seeds < 1:
             raise ValueError(f"seeds must be >= 1; got {self.seeds}")
         if self.horizon_multiple < 1:
@@ -236,32 +242,77 @@ class _Counter:
         self.progress(f"[{self.done}/{self.total}] {where}  {time.perf_counter() - self.started:.1f} s")
 
 
-def run_experiment(config: ExperimentConfig, progress: Progress = _stderr) -> ExperimentResult:
-    """Run the grid, model by model; ``progress`` receives one line per rollout (counter, position, elapsed)."""
+@dataclass(frozen=True)
+class Shard:
+    """A block of one model's scene seeds: the unit of work one process runs."""
+
+    model_number: int
+    seeds: range
+
+
+def shards(config: ExperimentConfig, jobs: int) -> list[Shard]:
+    """The grid in model-major, seed-minor order, each model's seeds split into ``jobs`` contiguous blocks."""
+    parts = min(config.seeds, jobs)
+    bounds = [round(part * config.seeds / parts) for part in range(parts + 1)]
+    return [
+        Shard(number, range(bounds[part], bounds[part + 1]))
+        for number in range(len(config.models))
+        for part in range(parts)
+    ]
+
+
+def run_experiment(
+    config: ExperimentConfig, progress: Progress = _stderr, jobs: int = 1, threads: int | None = None
+) -> ExperimentResult:
+    """Run the grid; ``progress`` receives one line per rollout (counter, position, elapsed).
+
+    With ``jobs`` > 1 the grid's shards (:func:`shards`) run in that many processes of ``threads`` torch threads
+    each (default 1) and their lines go to stderr; the result is the one a single process returns, rollout for
+    rollout (every rollout is seeded by its scene), except for wall times, which then share the CPU.
+    """
+    if jobs < 1:
+        raise ValueError(f"jobs must be >= 1; got {jobs}")
+    started = time.perf_counter()
+    work = shards(config, jobs)
+    if jobs == 1:
+        parts = [run_shard(config, shard, progress) for shard in work]
+    else:
+        context = multiprocessing.get_context("spawn")  # torch's thread pools do not survive a fork
+        with ProcessPoolExecutor(jobs, context, initializer=apply_threads, initargs=(threads or 1,)) as pool:
+            parts = list(pool.map(run_shard, [config] * len(work), work))
+    result = ExperimentResult(config, {}, [])
+    for part in parts:
+        result.models.update(part.models)
+        result.summaries += part.summaries
+        result.examples.update(part.examples)
+        result.example = result.example or part.example
+    result.seconds = time.perf_counter() - started
+    return result
+
+
+def run_shard(config: ExperimentConfig, shard: Shard, progress: Progress = _stderr) -> ExperimentResult:
+    """One model's rollouts on the scene seeds of ``shard`` (the example strips' when it holds the first)."""
     arms = config.arms_for_all()
     result = ExperimentResult(config, {}, [])
-    counter = _Counter(len(config.models) * config.seeds * sum(map(len, arms.values())), progress)
-    for model_number, entry in enumerate(config.models):
-        model = load_lab_model(entry, device=config.device, dtype=config.dtype)
-        if model.name in result.models:
-            raise ValueError(f"models must have distinct folder names; {model.name!r} appears twice")
-        result.models[model.name] = model_record(model)
-        total = config.horizon_multiple * model.clip_chunks
-        if total <= config.prefill_chunks:
-            raise ValueError(f"horizon of {total} chunks leaves nothing to generate after {config.prefill_chunks}")
-        _warm_up(model, arms, config.prefill_chunks)
-        # Encode the whole truth only for arms that compare with it; the prefill needs its first chunks only.
-        encoded = total if any(arm.needs_truth for a in arms.values() for arm in a) else config.prefill_chunks
-        for number in range(config.seeds):
-            truth = make_truth(model, EVALUATION_SEED_OFFSET + number, encoded)
-            keep = model_number == 0 and number == 0  # the example strips' rollouts
+    counter = _Counter(len(shard.seeds) * sum(map(len, arms.values())), progress)
+    model = load_lab_model(config.models[shard.model_number], device=config.device, dtype=config.dtype)
+    result.models[model.name] = model_record(model)
+    total = config.horizon_multiple * model.clip_chunks
+    if total <= config.prefill_chunks:
+        raise ValueError(f"horizon of {total} chunks leaves nothing to generate after {config.prefill_chunks}")
+    _warm_up(model, arms, config.prefill_chunks)
+    # Encode the whole truth only for arms that compare with it; the prefill needs its first chunks only.
+    encoded = total if any(arm.needs_truth for a in arms.values() for arm in a) else config.prefill_chunks
+    for number in shard.seeds:
+        truth = make_truth(model, EVALUATION_SEED_OFFSET + number, encoded)
+        keep = shard.model_number == 0 and number == 0  # the example strips' rollouts
+        if keep:
+            _keep_truth(result, model, truth, config.prefill_chunks, total)
+        where = f"model {shard.model_number + 1}/{len(config.models)} seed {number + 1}/{config.seeds}"
+        for pipeline_arms in arms.values():
+            rollouts = _run_arms(result, model, truth, pipeline_arms, config.prefill_chunks, total, counter, where)
             if keep:
-                _keep_truth(result, model, truth, config.prefill_chunks, total)
-            where = f"model {model_number + 1}/{len(config.models)} seed {number + 1}/{config.seeds}"
-            for pipeline_arms in arms.values():
-                rollouts = _run_arms(result, model, truth, pipeline_arms, config.prefill_chunks, total, counter, where)
-                if keep:
-                    result.examples.update({f"{r.generated.pipeline}/{r.generated.arm}": r.frames for r in rollouts})
+                result.examples.update({f"{r.generated.pipeline}/{r.generated.arm}": r.frames for r in rollouts})
     result.seconds = time.perf_counter() - counter.started
     return result
 

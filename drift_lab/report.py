@@ -85,7 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--device", default="cpu", help="torch device (default: %(default)s)")
     parser.add_argument("--dtype", default="float32", choices=("float32", "bfloat16", "float16"),
                         help="model dtype (default: %(default)s)")
-    parser.add_argument("--threads", type=int, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--threads", type=int, help="torch CPU threads (per job with --jobs; default: torch's "
+                        "choice, 1 per job)")
+    parser.add_argument("--jobs", type=int, default=1, help="processes sharing the grid, each a block of every "
+                        "model's seeds (default: %(default)s; on N cores, N jobs of --threads 1)")
     parser.add_argument("--smoke", action="store_true", help="a quick end-to-end run: few seeds, short horizon")
     return parser
 
@@ -97,6 +100,8 @@ def main(argv: list[str] | None = None) -> int:
     settings = {key: default if getattr(args, key) is None else getattr(args, key) for key, default in defaults.items()}
     if settings["gate_seeds"] < 0:
         raise SystemExit("--gate-seeds must be >= 0")
+    if args.jobs < 1:
+        raise SystemExit("--jobs must be >= 1")
     apply_threads(args.threads)
     try:
         config = ExperimentConfig(
@@ -114,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     command = shlex.join(["python", "-m", "drift_lab.report", *argv])
     date = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
-    result = run_experiment(config)
+    result = run_experiment(config, jobs=args.jobs, threads=args.threads)
     inputs = ReportInputs(result, command, date, args.smoke)
     for number, folder in enumerate(config.models):
         if settings["gate_seeds"]:

@@ -23,7 +23,7 @@ import torch
 from drift_lab.arms import Arm
 from drift_lab.latents import encode_frames
 from drift_lab.measure import FrameMetrics, measure
-from drift_lab.model import FRAMES_PER_BLOCK, TRAINING_FILE
+from drift_lab.model import FRAMES_PER_BLOCK, TRAINING_FILE, TrainingConfig, lab_pipeline_options
 from drift_lab.world import DATA_VERSION, Scene, WorldSpec, render, sample_scene
 from tokentrim_server.engine import open_runner
 from tokentrim_server.hooks import SessionHook
@@ -32,7 +32,6 @@ from tokentrim_server.models.vae import StreamingVaeDecoder, frames_to_uint8
 from tokentrim_server.pipelines.base import Chunk, StreamBase
 from tokentrim_server.pipelines.noise import SeededNoise
 from tokentrim_server.pipelines.registry import build_pipeline
-from tokentrim_server.pipelines.self_forcing import SelfForcingOptions
 from tokentrim_server.policies import CachePolicy
 
 # A model folder without training.json (e.g. a bare diffusers folder) is taken to be trained on 3 chunks.
@@ -59,21 +58,12 @@ class LabModel:
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
     def options(self, pipeline: str) -> dict[str, Any]:
-        """Pipeline option overrides for rollouts: the recorded ones, else the regime the model was trained in.
-
-        The lab models are trained with teacher forcing on clips of ``clip_chunks`` chunks, at Self Forcing's
-        denoising timesteps. Self Forcing then attends to at most one training clip of frames (its own block
-        included, no sink), so every attention distance is one it was trained on. Rolling Forcing denoises
-        at the same (trained) timesteps, so its window holds one block per step (4 blocks), and it attends
-        to no more than its window plus the sink: that span necessarily exceeds a short training clip.
-        """
+        """Pipeline option overrides for rollouts: the recorded ones (``training.json``'s
+        ``pipeline_options``), else those of a model trained at the pipelines' default schedule
+        (:func:`drift_lab.model.lab_pipeline_options`)."""
         if pipeline in self.pipeline_options:
             return dict(self.pipeline_options[pipeline])
-        if pipeline == "self_forcing":
-            return {"local_attn_frames": self.clip_chunks * FRAMES_PER_BLOCK}
-        steps = SelfForcingOptions().denoising_steps
-        span = (len(steps) + 1) * FRAMES_PER_BLOCK  # the window and the sink block
-        return {"denoising_steps": list(steps), "attention_frames": span, "cache_frames": span}
+        return lab_pipeline_options(TrainingConfig(clip_chunks=self.clip_chunks))[pipeline]
 
 
 def load_lab_model(folder: str | Path, device: str = "cpu", dtype: str = "float32") -> LabModel:

@@ -11,6 +11,10 @@ Long runs go in stages, so that one autoencoder, gated on its own (``python -m d
 serves several transformer seeds:
 
 * ``--stage vae --out VAE``: the autoencoder alone, into ``VAE/vae`` with ``VAE/training.json``;
+* ``--stage decoder --vae-from VAE --out VAE2``: stage 1b, the decoder fine-tuned on clips of the whole
+  training clip with the encoder frozen (``drift_lab.training_decoder``), into ``VAE2`` laid out as ``VAE``;
+  the latents are unchanged, so ``python -m drift_lab.training_decoder VAE2 MODEL...`` installs it into
+  models already trained on ``VAE``;
 * ``--stage transformer --vae-from VAE --out MODEL``: a transformer on that autoencoder's latents, into a
   full model folder. Its scenes and noise come from its own seed, so it does not reproduce a one-shot run.
 
@@ -44,9 +48,11 @@ from drift_lab.model import (
     LabPreset,
     build_lab_components,
     get_preset,
+    lab_pipeline_options,
     save_lab_model,
 )
 from drift_lab.training_data import build_pool, scene_seeds
+from drift_lab.training_decoder import train_decoder, with_decoder_stage
 from drift_lab.training_loop import Checkpointing, Progress, Streams, load_checkpoint, resolve_dtype
 from drift_lab.training_transformer import train_transformer
 from drift_lab.training_vae import train_vae
@@ -54,7 +60,7 @@ from drift_lab.world import DATA_VERSION
 from tokentrim_server.models.causal_wan import CausalWanTransformer
 from tokentrim_server.models.tiny import TinyComponents
 
-STAGES = ("all", "vae", "transformer")
+STAGES = ("all", "vae", "decoder", "transformer")
 CHECKPOINT_FILE = "checkpoint.pt"
 VAE_FOLDER = "vae"
 VAE_WEIGHTS = f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors"
@@ -74,7 +80,7 @@ class RunOptions:
     threads: int | None = None  # CPU threads for torch (None: torch's default)
     command: str = ""
     stage: str = "all"
-    vae_from: Path | None = None  # stage-1 folder the transformer stage trains on
+    vae_from: Path | None = None  # stage-1 folder the decoder and transformer stages start from
     resume: Path | None = None  # checkpoint a staged run continues
     checkpoint_minutes: float = 5.0
     stop_after: int | None = None  # steps of this invocation before a staged run checkpoints and stops
@@ -97,12 +103,15 @@ class RunOptions:
             raise ValueError(f"checkpoint_minutes must be > 0; got {self.checkpoint_minutes}")
         if self.stage not in STAGES:
             raise ValueError(f"stage must be one of {', '.join(STAGES)}; got {self.stage!r}")
-        if (self.vae_from is not None) != (self.stage == "transformer"):
-            raise ValueError("vae_from (the trained autoencoder's folder) goes with, and only with, stage transformer")
-        if self.unfinished_vae and self.stage != "transformer":
-            raise ValueError("unfinished_vae goes with stage transformer only")
-        if self.stage == "transformer" and self.vae_steps is not None:
-            raise ValueError("vae_steps is the trained autoencoder's: it cannot be set for stage transformer")
+        builds_on_vae = self.stage in ("decoder", "transformer")
+        if (self.vae_from is not None) != builds_on_vae:
+            raise ValueError(
+                "vae_from (the trained autoencoder's folder) goes with, and only with, stage decoder or transformer"
+            )
+        if self.unfinished_vae and not builds_on_vae:
+            raise ValueError("unfinished_vae goes with stage decoder or transformer only")
+        if builds_on_vae and self.vae_steps is not None:
+            raise ValueError(f"vae_steps is the trained autoencoder's: it cannot be set for stage {self.stage}")
         # A one-shot run takes minutes (smoke, micro); only the stages of a long run checkpoint.
         if self.stage == "all" and (self.resume is not None or self.stop_after is not None):
             raise ValueError("resume and stop_after need a staged run: stage vae or transformer")
@@ -131,6 +140,8 @@ def train_lab_model(preset: LabPreset, out: str | Path, options: RunOptions) -> 
     out = Path(out)
     if options.stage == "vae":
         return _vae_stage(preset, out, options)
+    if options.stage == "decoder":
+        return _decoder_stage(preset, out, options)
     if options.stage == "transformer":
         return _transformer_stage(preset, out, options)
     started = time.perf_counter()
@@ -187,6 +198,60 @@ def _vae_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[str, A
     )
     # A resumed run that had already finished writes nothing: its folder is already complete.
     return records[-1] if records else _vae_record(preset, options, vae, progress)
+
+
+def _decoder_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[str, Any]:
+    """Stage 1b: fine-tune the decoder of ``options.vae_from``; ``out`` is laid out as a stage-1 folder, its
+    ``training.json`` the source's record plus ``decoder`` (rewritten with every checkpoint)."""
+    assert options.vae_from is not None  # validated
+    if preset.training.decoder_steps < 1:
+        raise ValueError(f"preset {preset.name} has no decoder stage (training.decoder_steps is 0)")
+    vae, source, preset = load_vae_stage(options.vae_from, preset, options.unfinished_vae)
+    vae = vae.to(options.device)
+    fingerprint = hashlib.sha256((options.vae_from / VAE_WEIGHTS).read_bytes()).hexdigest()
+    decoder_part = {name: value for name, value in preset.as_dict()["training"].items() if name.startswith("decoder_")}
+    identity = _identity(
+        "decoder", options, autoencoder=_autoencoder_part(preset), decoder=decoder_part, vae_sha256=fingerprint
+    )
+    checkpointing = _checkpointing(out, options, identity)
+    clip_frames = video_frame_count(preset.training.clip_chunks * FRAMES_PER_BLOCK)
+    streams = Streams.seeded(options.seed)
+    records: list[dict[str, Any]] = []
+
+    def record(progress: Progress) -> dict[str, Any]:
+        return {
+            **{key: value for key, value in source.items() if key != "vae_gate"},  # the gate was the old decoder's
+            "decoder": {
+                "command": options.command,
+                "from": str(options.vae_from),
+                "finished": progress.done == progress.total,
+                "steps": progress.total,
+                "steps_done": progress.done,
+                "clip_frames": clip_frames,
+                "lr": preset.training.decoder_lr,
+                "losses": {f"decoder_{name}": value for name, value in progress.final().items()},
+                "history": progress.history,
+                "wall_seconds": round(progress.seconds, 1),
+            },
+        }
+
+    def snapshot(progress: Progress) -> None:
+        records.append(record(progress))
+        vae.save_pretrained(out / VAE_FOLDER)
+        (out / TRAINING_FILE).write_text(json.dumps(records[-1], indent=2) + "\n")
+
+    checkpointing.after_save = snapshot
+    progress = train_decoder(
+        vae,
+        preset.world,
+        preset.training,
+        clip_frames,
+        streams.rng,
+        resolve_dtype(options.dtype),
+        options.log_every,
+        checkpointing,
+    )
+    return (records[-1] if records else record(progress))["decoder"]
 
 
 def _vae_record(preset: LabPreset, options: RunOptions, vae: AutoencoderKLWan, progress: Progress) -> dict[str, Any]:
@@ -288,7 +353,7 @@ def _train_transformer(
     )
     components.vae, components.transformer = vae.cpu(), model.base.cpu()
     components.text_encoder = components.text_encoder.cpu()
-    return {
+    metadata = {
         "command": options.command,
         "finished": progress.done == progress.total,
         "seed": options.seed,
@@ -302,6 +367,7 @@ def _train_transformer(
         "steps": config.steps,
         "steps_done": progress.done,
         "context_noise_aug": config.context_noise_aug,
+        "pipeline_options": lab_pipeline_options(config),
         "pool_clips": len(pool),
         "device": options.device,
         "dtype": options.dtype,
@@ -323,6 +389,9 @@ def _train_transformer(
         "stage_seconds": {"vae": vae_record["wall_seconds"], "transformer": round(progress.seconds, 1)},
         "wall_seconds": round(vae_record["wall_seconds"] + progress.seconds, 1),
     }
+    if "decoder" in vae_record:  # trained on a --stage decoder autoencoder: its stage is part of this model's
+        with_decoder_stage(metadata, vae_record["decoder"])
+    return metadata
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -338,15 +407,21 @@ def build_parser() -> argparse.ArgumentParser:
         "--stage",
         default="all",
         choices=STAGES,
-        help="all: both stages in one run (default); vae: the autoencoder alone; transformer: a transformer on "
+        help="all: both stages in one run (default); vae: the autoencoder alone; decoder: the --vae-from "
+        "autoencoder's decoder fine-tuned on whole training clips, encoder frozen; transformer: a transformer on "
         "the autoencoder of --vae-from",
     )
-    parser.add_argument("--vae-from", type=Path, default=None, help="folder written by --stage vae (stage transformer)")
+    parser.add_argument(
+        "--vae-from",
+        type=Path,
+        default=None,
+        help="folder written by --stage vae or decoder (stages decoder, transformer)",
+    )
     parser.add_argument(
         "--unfinished-vae",
         action="store_true",
-        help="stage transformer: train on the --vae-from autoencoder's last snapshot although stage 1 has not "
-        "finished (gate it first); the model's record keeps how many of its steps were done",
+        help="stages decoder and transformer: start from the --vae-from autoencoder's last snapshot although stage "
+        "1 has not finished (gate it first); the model's record keeps how many of its steps were done",
     )
     parser.add_argument("--resume", type=Path, default=None, help="continue a staged run from this checkpoint")
     parser.add_argument(

@@ -39,7 +39,6 @@ from drift_lab.training_loop import (
 from tokentrim_server.models.causal_wan import CausalWanTransformer, TextContext
 from tokentrim_server.models.rope import apply_rotary
 from tokentrim_server.pipelines.schedule import denoising_timesteps, to_x0
-from tokentrim_server.pipelines.self_forcing import SelfForcingOptions
 
 Tables = tuple[torch.Tensor, torch.Tensor]
 
@@ -74,11 +73,11 @@ class TrainingAttention:
         return keys, values
 
 
-def denoising_grid() -> torch.Tensor:
-    """The timesteps the Self Forcing pipeline denoises at by default (warped 1000/750/500/250)."""
-    options = SelfForcingOptions()
-    steps = denoising_timesteps(options.denoising_steps, options.timestep_shift, options.warp_denoising_step)
-    return torch.tensor(steps, dtype=torch.float32)
+def denoising_grid(config: TrainingConfig | None = None) -> torch.Tensor:
+    """The timesteps a model of ``config`` is sampled at (``None``: Self Forcing's defaults, warped
+    1000/750/500/250), each read off the shifted grid as the pipelines' ``warp_denoising_step`` does."""
+    config = config or TrainingConfig()
+    return torch.tensor(denoising_timesteps(config.denoising_steps, config.timestep_shift), dtype=torch.float32)
 
 
 def teacher_forced_flows(
@@ -137,11 +136,12 @@ def clip_loss(
 
 
 def draw_timesteps(
-    batch: int, chunks: int, context_noise_aug: float, generator: torch.Generator
+    config: TrainingConfig, chunks: int, generator: torch.Generator
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Per (clip, chunk) denoising timesteps from the pipeline's grid; per clip context timesteps in
-    ``[0, context_noise_aug]``."""
-    grid = denoising_grid()
+    """Per (clip, chunk) denoising timesteps from the model's schedule (:func:`denoising_grid`); per clip
+    context timesteps in ``[0, config.context_noise_aug]``."""
+    batch, context_noise_aug = config.batch, config.context_noise_aug
+    grid = denoising_grid(config)
     timesteps = grid[torch.randint(len(grid), (batch, chunks), generator=generator)]
     context = torch.rand(batch, generator=generator) * context_noise_aug
     return timesteps, context
@@ -164,7 +164,7 @@ def train_transformer(
 
     def step(index: int) -> dict[str, float]:
         latents, prompts = pool.batch(rng, config.batch)
-        timesteps, context = draw_timesteps(config.batch, chunks, config.context_noise_aug, generator)
+        timesteps, context = draw_timesteps(config, chunks, generator)
         with autocast(device, dtype):
             loss = clip_loss(model, latents, model.text_context(prompts), timesteps, context, generator)
         optimizer_step(loss, model.base, optimizer, scheduler, config.grad_clip)

@@ -78,6 +78,15 @@ def latent_guide(x: torch.Tensor) -> torch.Tensor:
     return packed.unflatten(0, (batch, -1)).transpose(1, 2)
 
 
+def reconstruction_error(decoded: torch.Tensor, x: torch.Tensor, pixel_weights: torch.Tensor | None) -> torch.Tensor:
+    """Squared error of ``decoded`` against ``x`` (``[B, 3, T, H, W]``), a mean weighted by ``pixel_weights``
+    ``[B, 1, T, H, W]`` (None: the plain mean)."""
+    error = (decoded.float() - x.float()).square()
+    if pixel_weights is None:
+        return error.mean()
+    return (error * pixel_weights).sum() / (pixel_weights.sum() * x.shape[1])
+
+
 def vae_losses(
     vae: AutoencoderKLWan,
     x: torch.Tensor,
@@ -97,10 +106,7 @@ def vae_losses(
     target = latent_guide(x.float())
     guided = teacher * target + (1.0 - teacher) * mean[:, :GUIDE_CHANNELS]
     decoded = decode_differentiable(vae, torch.cat([guided, mean[:, GUIDE_CHANNELS:]], dim=1).to(posterior.mean.dtype))
-    error = (decoded.float() - x.float()).square()
-    reconstruction = (
-        error.mean() if pixel_weights is None else (error * pixel_weights).sum() / (pixel_weights.sum() * x.shape[1])
-    )
+    reconstruction = reconstruction_error(decoded, x, pixel_weights)
     kl = 0.5 * (mean.square() + logvar.exp() - 1.0 - logvar).mean()
     guide = (mean[:, :GUIDE_CHANNELS] - target).square().mean()
     loss = reconstruction + kl_weight * kl + guide_weight * guide

@@ -9,7 +9,7 @@ from tokentrim_client import Client
 
 from drift_lab.world import WorldSpec, sample_scene
 from tests.server_support import ServerThread
-from tokentrim_server.cli.demo import lab_window_frames
+from tokentrim_server.cli.demo import lab_stream_options
 from tokentrim_server.loading.model import ModelSpec, load_model
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "drift_lab" / "weights"
@@ -30,8 +30,8 @@ def test_lab_model_streams_through_the_server(folder: Path) -> None:
     try:
         with Client(server.target) as client:
             info = client.server_info()
-            # As make demo --model FOLDER streams it: with the attention window the model was trained with.
-            options = {"local_attn_frames": lab_window_frames(str(folder))}
+            # As make demo --model FOLDER streams it: at its trained schedule, with its trained attention window.
+            options = lab_stream_options(str(folder))
             result = client.generate(caption, chunks=3, seed=7, encoding="raw", pipeline_options=options)
     finally:
         server.close()

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import json
 import math
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from drift_lab.analysis import arm_row, arm_rows, conclusions, describe_interval
 from drift_lab.arms import arm_names
-from drift_lab.experiment import METRICS, ExperimentConfig, RolloutSummary
+from drift_lab.experiment import METRICS, ExperimentConfig, RolloutSummary, run_experiment, shards
 from drift_lab.report import TRAINING_GUIDE, main
 from drift_lab.statistics import Interval
 from lab.lab_support import random_lab_folder
@@ -138,3 +140,29 @@ def test_the_committed_report_carries_the_cpu_training_guide_verbatim():
     guide = TRAINING_GUIDE.read_text()
     assert guide.startswith("## Training on the CPU\n")
     assert guide in (Path(__file__).resolve().parents[2] / "docs" / "drift-lab.md").read_text()
+
+
+@pytest.mark.slow
+def test_jobs_split_the_grid_without_changing_a_rollout(tmp_path):
+    folders = (str(random_lab_folder(tmp_path, "first")), str(random_lab_folder(tmp_path, "second", seed=1)))
+    assert [(s.model_number, list(s.seeds)) for s in shards(ExperimentConfig(models=folders, seeds=3), 2)] == [
+        (0, [0, 1]), (0, [2]), (1, [0, 1]), (1, [2])
+    ]  # fmt: skip
+    config = ExperimentConfig(models=folders[:1], seeds=2, horizon_multiple=2, pipelines=("self_forcing",),
+                              arms=("tokentrim",))  # fmt: skip
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as each job runs: float reductions are split by thread
+    try:
+        alone = run_experiment(config)
+    finally:
+        torch.set_num_threads(threads)
+    split = run_experiment(config, jobs=2, threads=1)
+
+    def without_wall_time(result):  # as JSON text: NaN (no object found) then equals NaN
+        return json.dumps([{**asdict(s), "chunk_seconds": None} for s in result.summaries])
+
+    assert without_wall_time(split) == without_wall_time(alone) and len(alone.summaries) == 4
+    assert split.models == alone.models and split.example == alone.example
+    assert split.examples.keys() == alone.examples.keys()
+    with pytest.raises(ValueError, match="'first' appears twice"):
+        ExperimentConfig(models=(folders[0], folders[0] + "/"))

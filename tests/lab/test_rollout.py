@@ -6,8 +6,12 @@ import pytest
 import torch
 
 from drift_lab.arms import get_arm
+from drift_lab.model import PRESETS, lab_pipeline_options
 from drift_lab.rollout import chunk_first_frame, generate, load_lab_model, make_truth, run_rollout
+from drift_lab.training_transformer import denoising_grid
 from lab.lab_support import random_lab_folder
+from tokentrim_server.pipelines.registry import pipeline_options
+from tokentrim_server.pipelines.schedule import denoising_timesteps
 
 
 @pytest.fixture(scope="module")
@@ -24,11 +28,22 @@ def test_chunk_first_frames_follow_the_causal_vae():
 def test_lab_model_reads_its_training_record(model):
     assert model.name == "untrained" and model.clip_chunks == 3
     assert (model.world.height, model.world.width, model.world.size_range) == (32, 32, (3.0, 5.0))
-    assert model.options("self_forcing") == {"local_attn_frames": 9}
+    # Recorded before models recorded their schedule: Self Forcing's default one, the training clip as window.
+    schedule = {"denoising_steps": [1000, 750, 500, 250], "timestep_shift": 5.0}
+    assert model.options("self_forcing") == {**schedule, "local_attn_frames": 9}
     # Rolling Forcing at the trained timesteps: 4 blocks in the window, plus the sink.
-    assert model.options("rolling_forcing") == {
-        "denoising_steps": [1000, 750, 500, 250], "attention_frames": 15, "cache_frames": 15
-    }
+    assert model.options("rolling_forcing") == {**schedule, "attention_frames": 15, "cache_frames": 15}
+
+
+def test_a_model_is_sampled_at_the_schedule_it_was_trained_at():
+    config = PRESETS["cpu"].training
+    options = lab_pipeline_options(config)
+    trained = set(denoising_grid(config).tolist())
+    for pipeline, expected_steps in (("self_forcing", 8), ("rolling_forcing", 4)):
+        stream_options = pipeline_options(pipeline, options[pipeline])  # validated as a session's would be
+        steps = denoising_timesteps(stream_options.denoising_steps, stream_options.timestep_shift)
+        assert len(steps) == expected_steps and set(steps) <= trained
+    assert options["self_forcing"]["local_attn_frames"] == config.clip_chunks * 3
 
 
 def test_a_prefix_of_the_truth_encodes_as_inside_the_whole(model):

@@ -15,6 +15,7 @@ from safetensors.torch import load_file
 from drift_lab.model import PRESETS, TrainingConfig, build_lab_components
 from drift_lab.train import CHECKPOINT_FILE, RunOptions, main, train_lab_model
 from drift_lab.training_data import ClipPool, encode_prompts, render_clips
+from drift_lab.training_decoder import main as decoder_main
 from drift_lab.training_loop import warmup_cosine
 from drift_lab.training_transformer import (
     clip_loss,
@@ -311,8 +312,61 @@ def test_the_transformer_stage_refuses_an_unfinished_autoencoder(tmp_path: Path)
     model = train_lab_model(MICRO, tmp_path / "m", options)
     assert model["finished"] and model["vae_steps_done"] == 1 and model["vae_steps"] == 4
     assert "1 of 4 planned (stage 1 stopped early)" in (tmp_path / "m/MODEL_CARD.md").read_text()
-    with pytest.raises(ValueError, match="unfinished_vae goes with stage transformer"):
+    with pytest.raises(ValueError, match="unfinished_vae goes with stage decoder or transformer"):
         RunOptions(stage="vae", unfinished_vae=True).validate()
+
+
+@pytest.fixture(scope="module")
+def decoder_stage(vae_stage, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, RunOptions]:
+    """Stage 1b on the micro autoencoder (3 steps) and the options that ran it."""
+    vae_folder, _ = vae_stage
+    out = tmp_path_factory.mktemp("stage") / "decoder"
+    options = RunOptions(seed=6, log_every=1, stage="decoder", vae_from=vae_folder)
+    record = train_lab_model(MICRO, out, options)
+    assert record["finished"] and record["steps_done"] == MICRO.training.decoder_steps
+    return out, options
+
+
+def test_the_decoder_stage_tunes_the_decoder_alone_and_resumes_exactly(vae_stage, decoder_stage, tmp_path) -> None:
+    (vae_folder, _), (full, options) = vae_stage, decoder_stage
+    weights = "vae/diffusion_pytorch_model.safetensors"
+    before, after = load_file(vae_folder / weights), load_file(full / weights)
+    changed = {name for name in before if not torch.equal(before[name], after[name])}
+    # The encoder (so every latent, and every transformer trained on them) is untouched; the decoder learnt.
+    assert changed and all(name.startswith(("decoder.", "post_quant_conv.")) for name in changed)
+    record = json.loads((full / "training.json").read_text())
+    assert record["stage"] == "vae" and record["decoder"]["finished"]
+    assert record["decoder"]["clip_frames"] == 1 + 4 * (MICRO.training.clip_chunks * 3 - 1)
+    resumed = _interrupted_and_resumed(tmp_path / "resumed", options, stop_after=1)
+    assert resumed["finished"]
+    _assert_identical(after, load_file(tmp_path / "resumed" / weights))
+
+
+def test_a_tuned_decoder_installs_into_models_of_its_encoder_only(
+    vae_stage, decoder_stage, cli_run: Path, tmp_path: Path, capsys
+) -> None:
+    (vae_folder, _), (decoder_folder, _) = vae_stage, decoder_stage
+    model = tmp_path / "model"
+    train_lab_model(MICRO, model, RunOptions(seed=5, steps=2, stage="transformer", vae_from=vae_folder))
+    stats = json.loads((model / "vae/config.json").read_text())["latents_mean"]
+    assert decoder_main([str(decoder_folder), str(model)]) == 0
+    weights = "vae/diffusion_pytorch_model.safetensors"
+    _assert_identical(load_file(model / weights), load_file(decoder_folder / weights))
+    # The model keeps its own latent statistics (its transformer's pool), and says what was installed.
+    assert json.loads((model / "vae/config.json").read_text())["latents_mean"] == stats
+    record = json.loads((model / "training.json").read_text())
+    assert record["decoder"]["installed_from"] == str(decoder_folder)
+    assert record["stage_seconds"].keys() == {"vae", "transformer", "decoder"}
+    assert record["wall_seconds"] == pytest.approx(sum(record["stage_seconds"].values()), abs=0.2)
+    assert "3 steps on 33-frame clips, encoder frozen" in (model / "MODEL_CARD.md").read_text()
+    load_model(ModelSpec(model=str(model)))
+    # A model of another autoencoder would decode its latents with a decoder made for other ones: refused.
+    assert decoder_main([str(decoder_folder), str(cli_run)]) == 2
+    assert "is not the one" in capsys.readouterr().err
+    # A transformer trained on the tuned autoencoder records the decoder stage itself.
+    options = RunOptions(seed=5, steps=1, stage="transformer", vae_from=decoder_folder)
+    direct = train_lab_model(MICRO, tmp_path / "direct", options)
+    assert direct["decoder"]["finished"] and "decoder" in direct["stage_seconds"]
 
 
 def test_object_weights_follow_the_crop() -> None:

@@ -7,7 +7,8 @@ quality gate yet (docs/drift-lab.md), so none is the default. It runs
 a prompt into ``out/demo.mp4`` with ``tokentrim-client stream`` (with one prompt switch and the TokenTrim
 policy when it is installed), prints where the metrics are and a few of their values, then stops the server
 with SIGTERM, as an orchestrator would. A lab model only knows its world's captions ("a red circle and a blue
-square bouncing on a plain gray background"), and streams with the attention window it was trained with.
+square bouncing on a plain gray background"), and streams at the schedule and with the attention window it was
+trained with (its ``training.json``).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import sys
 import time
 import urllib.request
 from pathlib import Path
+from typing import Any
 
 import av
 from PIL import Image
@@ -67,9 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", default="out/demo.mp4")
     parser.add_argument("--strip", default=None, help="also write a PNG strip of evenly spaced frames here")
     args = parser.parse_args(argv)
-    window = lab_window_frames(args.model)
-    args.prompt = args.prompt or (LAB_PROMPT if window else TINY_PROMPT)
-    args.switch = args.switch or (LAB_SWITCH if window else TINY_SWITCH)
+    lab_options = lab_stream_options(args.model)
+    args.prompt = args.prompt or (LAB_PROMPT if lab_options else TINY_PROMPT)
+    args.switch = args.switch or (LAB_SWITCH if lab_options else TINY_SWITCH)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     port, metrics_port = free_port(), free_port()
     target, metrics_url = f"127.0.0.1:{port}", f"http://127.0.0.1:{metrics_port}/metrics"
@@ -83,8 +85,8 @@ def main(argv: list[str] | None = None) -> int:
         stream = [*client_command(), "stream", "--target", target, "--prompt", args.prompt,
                   "--chunks", str(args.chunks), "--switch", args.switch, "--out", args.out,
                   "--reports", str(Path(args.out).with_suffix(".jsonl"))]
-        if window:
-            stream += ["--option", f"local_attn_frames={window}"]
+        for key, value in (lab_options or {}).items():
+            stream += ["--option", f"{key}={json.dumps(value)}"]
         streamed = subprocess.run([*stream, "--policy", "tokentrim"] if _has_tokentrim(target) else stream)
         if streamed.returncode != 0:
             raise SystemExit(f"tokentrim-client stream failed with exit code {streamed.returncode}")
@@ -117,13 +119,18 @@ def write_strip(video: Path, out: Path, count: int = 8, scale: int = 2) -> None:
     strip.save(out)
 
 
-def lab_window_frames(model: str) -> int | None:
-    """The attention window a drift-lab model was trained with (its clip, from ``training.json``), else ``None``."""
+def lab_stream_options(model: str) -> dict[str, Any] | None:
+    """The Self Forcing options a drift-lab model is sampled with (``training.json``'s ``pipeline_options``: the
+    schedule it was trained at and its training clip as attention window), else ``None`` (not a lab model)."""
     record = Path(model) / "training.json"
     if not record.is_file():
         return None
     training = json.loads(record.read_text())
-    return int(training.get("clip_chunks", 3)) * int(training.get("frames_per_block", 3))
+    recorded = training.get("pipeline_options", {}).get("self_forcing")
+    if recorded is not None:
+        return dict(recorded)
+    # Recorded before the schedule was: Self Forcing's default schedule, the training clip as window.
+    return {"local_attn_frames": int(training.get("clip_chunks", 3)) * int(training.get("frames_per_block", 3))}
 
 
 def _has_tokentrim(target: str) -> bool:
