@@ -267,8 +267,9 @@ def run_experiment(
     """Run the grid; ``progress`` receives one line per rollout (counter, position, elapsed).
 
     With ``jobs`` > 1 the grid's shards (:func:`shards`) run in that many processes of ``threads`` torch threads
-    each (default 1) and their lines go to stderr; the result is the one a single process returns, rollout for
-    rollout (every rollout is seeded by its scene), except for wall times, which then share the CPU.
+    each (default 1) and their lines go to stderr; the result is the one a single process of as many threads
+    returns, rollout for rollout (every rollout is seeded by its scene), except for wall times, which then
+    share the CPU.
     """
     if jobs < 1:
         raise ValueError(f"jobs must be >= 1; got {jobs}")

@@ -222,6 +222,51 @@ def _transformer(heads: int, head_dim: int, ffn: int, layers: int, text_dim: int
 # Text length: the longest caption (MAX_CAPTION_WORDS) plus </s>, rounded up.
 LAB_TEXT_LEN = 32
 
+# The CPU model of issue #15, trained in stages in the background on one thread (docs/drift-lab.md,
+# "Training on the CPU"). 64x64 frames: 8x8 latents, 16 tokens per latent frame (2x2 patches of 16x16 px).
+# p = 0.1 then prunes 2 tokens, about the footprint of one object (diameters 8-20 px span 1-4 tokens), so
+# TokenTrim's budget is on the scale of what drifts; 96x96 (36 tokens) would make it finer but costs ~2x
+# the transformer time per step, and the study needs 3+ transformer seeds on one autoencoder.
+# The world is the smoke world, unchanged: the autoencoder's misses showed no trend in object size.
+# The autoencoder is what failed (smoke: 800 steps, object survival 0.05-0.19 on its own reconstruction,
+# losses still falling): here it gets 30x the steps, a wider network (base_dim 10, ~0.64M parameters,
+# so a checkpoint with AdamW's moments stays under 8 MB to commit) and object pixels weighted 8x in the
+# reconstruction (objects are ~10% of the pixels of a training crop: they then carry about half of the
+# loss instead of a tenth, so blurring a small object into its background no longer pays). The guide
+# and teacher schedules are cut to the first 20% / 10% of the run: they only serve to start the
+# decoder, after which reconstruction alone should shape the latents. The transformer is the smoke one
+# trained 10,000 steps on 6,144 clips: on 384 clips it memorised them (12,000 steps: x0 MSE 0.35 on its
+# training clips, 0.71 on held-out ones; next-chunk x0 MSE at t = 1000 0.93 against 1.15 for predicting
+# zeros). It is trained and sampled at 8 evenly spaced timesteps down to t = 125 (shift 1), not Self
+# Forcing's warped 1000/937.5/833/625: a model trained by regression is not distilled, so its last x0,
+# at t = 625, is a posterior mean, and the committed chunk it writes into the cache is a blur of the
+# objects, which the next chunk blurs further (at 4,400 steps on the larger pool: objects dissolved within
+# two chunks, survival 0.57). The decoder stage (1b) then fits the decoder to the whole training clip.
+CPU_PRESET = LabPreset(
+    name="cpu",
+    world=WorldSpec(height=64, width=64),
+    transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
+    vae={"base_dim": 10, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
+    text_encoder=umt5_encoder_kwargs(32),
+    text_len=LAB_TEXT_LEN,
+    training=TrainingConfig(
+        vae_steps=24_000,
+        vae_batch=4,
+        vae_clip_frames=13,
+        vae_crop=32,
+        vae_guide_fraction=0.2,
+        vae_teacher_fraction=0.1,
+        vae_object_weight=8.0,
+        steps=10_000,
+        batch=8,
+        warmup_steps=200,
+        pool_clips=6144,
+        denoising_steps=(1000, 875, 750, 625, 500, 375, 250, 125),
+        timestep_shift=1.0,
+        decoder_steps=1200,
+    ),
+)
+
 PRESETS: dict[str, LabPreset] = {
     # Tests and quick checks: 32x32 frames (4 tokens per latent frame), trains in seconds.
     "micro": LabPreset(
@@ -255,49 +300,15 @@ PRESETS: dict[str, LabPreset] = {
             pool_clips=96,
         ),
     ),
-    # The CPU model of issue #15, trained in stages in the background on one thread (docs/drift-lab.md,
-    # "Training on the CPU"). 64x64 frames: 8x8 latents, 16 tokens per latent frame (2x2 patches of 16x16 px).
-    # p = 0.1 then prunes 2 tokens, about the footprint of one object (diameters 8-20 px span 1-4 tokens), so
-    # TokenTrim's budget is on the scale of what drifts; 96x96 (36 tokens) would make it finer but costs ~2x
-    # the transformer time per step, and the study needs 3+ transformer seeds on one autoencoder.
-    # The world is the smoke world, unchanged: the autoencoder's misses showed no trend in object size.
-    # The autoencoder is what failed (smoke: 800 steps, object survival 0.05-0.19 on its own reconstruction,
-    # losses still falling): here it gets 30x the steps, a wider network (base_dim 10, ~0.64M parameters,
-    # so a checkpoint with AdamW's moments stays under 8 MB to commit) and object pixels weighted 8x in the
-    # reconstruction (objects are ~10% of the pixels of a training crop: they then carry about half of the
-    # loss instead of a tenth, so blurring a small object into its background no longer pays). The guide
-    # and teacher schedules are cut to the first 20% / 10% of the run: they only serve to start the
-    # decoder, after which reconstruction alone should shape the latents. The transformer is the smoke one
-    # trained 10,000 steps on 6,144 clips: on 384 clips it memorised them (12,000 steps: x0 MSE 0.35 on its
-    # training clips, 0.71 on held-out ones; next-chunk x0 MSE at t = 1000 0.93 against 1.15 for predicting
-    # zeros). It is trained and sampled at 8 evenly spaced timesteps down to t = 125 (shift 1), not Self
-    # Forcing's warped 1000/937.5/833/625: a model trained by regression is not distilled, so its last x0,
-    # at t = 625, is a posterior mean, and the committed chunk it writes into the cache is a blur of the
-    # objects, which the next chunk blurs further (at 4,400 steps on the larger pool: objects dissolved within
-    # two chunks, survival 0.57). The decoder stage (1b) then fits the decoder to the whole training clip.
-    "cpu": LabPreset(
-        name="cpu",
-        world=WorldSpec(height=64, width=64),
-        transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
-        vae={"base_dim": 10, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
-        text_encoder=umt5_encoder_kwargs(32),
-        text_len=LAB_TEXT_LEN,
-        training=TrainingConfig(
-            vae_steps=24_000,
-            vae_batch=4,
-            vae_clip_frames=13,
-            vae_crop=32,
-            vae_guide_fraction=0.2,
-            vae_teacher_fraction=0.1,
-            vae_object_weight=8.0,
-            steps=10_000,
-            batch=8,
-            warmup_steps=200,
-            pool_clips=6144,
-            denoising_steps=(1000, 875, 750, 625, 500, 375, 250, 125),
-            timestep_shift=1.0,
-            decoder_steps=1200,
-        ),
+    "cpu": CPU_PRESET,
+    # The `cpu` model's transformer 2x wider (dim 128, 4 heads, FFN 512: ~1.2M parameters), the next attempt at
+    # the gate after `cpu` (0.33M) failed it on motion and identity with a sharp sampler and a tuned decoder.
+    # Same world, autoencoder (train it on `cpu-vae-long`) and schedule; 20,000 steps, resumed across sessions.
+    "cpu-wide": dataclasses.replace(
+        CPU_PRESET,
+        name="cpu-wide",
+        transformer=_transformer(heads=4, head_dim=32, ffn=512, layers=4, text_dim=32),
+        training=dataclasses.replace(CPU_PRESET.training, steps=20_000),
     ),
     # One H100: 128x128 frames (16x16 latents, 64 tokens per latent frame), a 24M-parameter transformer
     # (dim 512, 6 layers), Wan's VAE layout at base_dim 32, clips of 7 chunks (81 video frames).

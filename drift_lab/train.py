@@ -114,7 +114,7 @@ class RunOptions:
             raise ValueError(f"vae_steps is the trained autoencoder's: it cannot be set for stage {self.stage}")
         # A one-shot run takes minutes (smoke, micro); only the stages of a long run checkpoint.
         if self.stage == "all" and (self.resume is not None or self.stop_after is not None):
-            raise ValueError("resume and stop_after need a staged run: stage vae or transformer")
+            raise ValueError("resume and stop_after need a staged run: stage vae, decoder or transformer")
         resolve_dtype(self.dtype)
 
 
