@@ -12,7 +12,7 @@
 #                LAB_STAGE=vae: the autoencoder alone (into drift_lab/weights/LAB_PRESET-vae); LAB_STAGE=decoder
 #                LAB_VAE_FROM=FOLDER: its decoder tuned on whole clips (into drift_lab/weights/LAB_PRESET-vae-long);
 #                LAB_STAGE=transformer LAB_VAE_FROM=FOLDER: a transformer on it. LAB_RESUME=OUT/checkpoint.pt continues a staged run;
-#                LAB_THREADS=1 on a shared CPU; LAB_ARGS: more drift_lab.train options.
+#                LAB_THREADS=1 on a shared CPU; LAB_ARGS: more drift_lab.train options (--init-from MODEL: a fine-tune).
 # make lab-gate: the quality gate of LAB_OUT (exit 1 when it fails); LAB_GATE_ARGS=--vae-only: its autoencoder's.
 # make drift-report: the drift study over LAB_MODELS into docs/drift-lab.md (DRIFT_ARGS=--smoke: a quick run).
 VENV ?= .venv

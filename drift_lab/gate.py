@@ -10,6 +10,10 @@ measures nothing but the model's failure. Inside the training horizon (``clip_ch
 * teacher forcing: for every chunk ``k >= 1`` of the clip, prefill the true chunks before it and generate
   chunk ``k`` alone; its PSNR against the truth must be > 25 dB.
 
+Beside the checks it reports a reference that knows no motion (``no_motion``): the last true frame before
+the free rollout, repeated over its frames and measured like it. A model whose survival is not well above
+this reference has not learnt how the world moves, whatever its loss says.
+
 The autoencoder is gated on its own first (``--vae-only``; issue #15): a transformer trained on latents
 that already lose the objects cannot pass. On held-out scenes, the true clip (the training horizon) is
 encoded and decoded chunk by chunk through the server's streaming decoder, as rollouts decode, and its
@@ -54,7 +58,7 @@ from drift_lab.rollout import (
     recorded_world,
     run_rollout,
 )
-from drift_lab.world import WorldSpec, render, sample_scene
+from drift_lab.world import Scene, WorldSpec, render, sample_scene
 from tokentrim_server.models.vae import StreamingVaeDecoder
 
 PIPELINE = "self_forcing"
@@ -121,11 +125,13 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
     arm = get_arm(PIPELINE, CONTROL)
     clip = model.clip_chunks
     free: list[FrameMetrics] = []
+    still: list[FrameMetrics] = []
     psnr: list[np.ndarray] = []
     started = time.perf_counter()
     for number in range(seeds):
         truth = make_truth(model, EVALUATION_SEED_OFFSET + number, clip - 1)  # the last chunk is never prefilled
         free.append(run_rollout(model, arm, truth, 1, clip - 1).metrics)
+        still.append(no_motion_metrics(truth.scene, chunk_first_frame(1), chunk_first_frame(clip)))
         for chunk in range(1, clip):
             psnr.append(run_rollout(model, arm, truth, chunk, 1).metrics.psnr)
         if progress:
@@ -140,7 +146,15 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
         "seeds": seeds,
         "first_seed": EVALUATION_SEED_OFFSET,
         **verdict(values),
+        "no_motion": free_rollout_values(still),
     }
+
+
+def no_motion_metrics(scene: Scene, start: int, end: int) -> FrameMetrics:
+    """Frames ``start .. end - 1`` of ``scene`` replaced by its frame ``start - 1`` (nothing moves any more),
+    measured against the truth: the reference a free rollout from ``start`` must beat."""
+    last = render(scene, start - 1, 1)
+    return measure(np.repeat(last, end - start, axis=0), scene, start)
 
 
 def reconstruct(vae: AutoencoderKLWan, frames: np.ndarray) -> np.ndarray:
@@ -190,6 +204,12 @@ def format_table(result: dict[str, Any]) -> str:
     for metric, entry in result["checks"].items():
         mark = "pass" if entry["pass"] else "FAIL"
         lines.append(f"  {metric:<20} {entry['value']:9.4f} {entry['rule']} {entry['threshold']:<6g} {mark}")
+    if "no_motion" in result:
+        reference = result["no_motion"]
+        lines.append(
+            f"  (no-motion reference, the last true frame repeated: survival {reference['survival']:.4f}, "
+            f"count error {reference['count_error']:.4f})"
+        )
     lines.append("PASS" if result["pass"] else "FAIL")
     return "\n".join(lines)
 

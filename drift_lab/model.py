@@ -71,6 +71,10 @@ class TrainingConfig:
     """Chunks of ``FRAMES_PER_BLOCK`` latent frames per transformer training clip (the training horizon)."""
     pool_clips: int = 192
     """World clips encoded once after the autoencoder is trained; transformer batches are drawn from them."""
+    object_weight: float = 1.0
+    """Weight, in the transformer's x0 loss, of the latent cells that show an object, relative to the rest (1:
+    plain MSE). Objects cover ~20% of the cells and carry what the gate measures; unweighted, the background
+    (textures, pans) takes most of a small model's capacity."""
     context_noise_aug: float = 0.0
     """Upper bound (1000 scale) of the random timestep the clean context is noised to while training."""
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
@@ -100,8 +104,9 @@ class TrainingConfig:
         for name in ("vae_kl_weight", "vae_guide_weight", "weight_decay", "warmup_steps"):
             if getattr(self, name) < 0:
                 raise ValueError(f"training.{name} must be >= 0; got {getattr(self, name)}")
-        if not self.vae_object_weight >= 1:
-            raise ValueError(f"training.vae_object_weight must be >= 1; got {self.vae_object_weight}")
+        for name in ("vae_object_weight", "object_weight"):
+            if not getattr(self, name) >= 1:
+                raise ValueError(f"training.{name} must be >= 1; got {getattr(self, name)}")
         if not 0 <= self.vae_teacher_fraction <= 1:
             raise ValueError(f"training.vae_teacher_fraction must be in [0, 1]; got {self.vae_teacher_fraction}")
         if not 0 < self.vae_guide_fraction <= 1:
@@ -195,6 +200,11 @@ class LabPreset:
         """This preset with some training hyper-parameters replaced (validated)."""
         return dataclasses.replace(self, training=dataclasses.replace(self.training, **overrides))
 
+    def tuned(self, name: str, **training: Any) -> LabPreset:
+        """A fine-tuning preset for models of this one (``--init-from``): the same model, world and pool, named
+        ``name``, with some training hyper-parameters replaced."""
+        return dataclasses.replace(self.with_training(**training), name=name)
+
     def as_dict(self) -> dict[str, Any]:
         """JSON-ready values, for ``training.json``."""
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -267,6 +277,16 @@ CPU_PRESET = LabPreset(
     ),
 )
 
+# The `cpu` model's transformer 2x wider (dim 128, 4 heads, FFN 512: ~1.25M parameters), the next attempt at the
+# gate after `cpu` (0.33M) failed it on motion and identity with a sharp sampler and a tuned decoder. Same world,
+# autoencoder (train it on `cpu-vae-long`) and schedule; 20,000 steps, resumed across sessions.
+CPU_WIDE_PRESET = dataclasses.replace(
+    CPU_PRESET,
+    name="cpu-wide",
+    transformer=_transformer(heads=4, head_dim=32, ffn=512, layers=4, text_dim=32),
+    training=dataclasses.replace(CPU_PRESET.training, steps=20_000),
+)
+
 PRESETS: dict[str, LabPreset] = {
     # Tests and quick checks: 32x32 frames (4 tokens per latent frame), trains in seconds.
     "micro": LabPreset(
@@ -301,14 +321,17 @@ PRESETS: dict[str, LabPreset] = {
         ),
     ),
     "cpu": CPU_PRESET,
-    # The `cpu` model's transformer 2x wider (dim 128, 4 heads, FFN 512: ~1.2M parameters), the next attempt at
-    # the gate after `cpu` (0.33M) failed it on motion and identity with a sharp sampler and a tuned decoder.
-    # Same world, autoencoder (train it on `cpu-vae-long`) and schedule; 20,000 steps, resumed across sessions.
-    "cpu-wide": dataclasses.replace(
-        CPU_PRESET,
-        name="cpu-wide",
-        transformer=_transformer(heads=4, head_dim=32, ffn=512, layers=4, text_dim=32),
-        training=dataclasses.replace(CPU_PRESET.training, steps=20_000),
+    "cpu-wide": CPU_WIDE_PRESET,
+    # A fine-tune of a trained `cpu-wide` model (`--init-from`, same pool), with object cells weighted 4x in the
+    # x0 loss, so that the background (textures, pans) takes less of the capacity than the objects the gate
+    # measures. 4,000 steps at a lower learning rate.
+    "cpu-wide-objects": CPU_WIDE_PRESET.tuned(
+        "cpu-wide-objects", steps=4_000, lr=3e-4, warmup_steps=100, object_weight=4.0
+    ),
+    # A second cycle for a trained `cpu-wide` model (`--init-from`): 6,000 more steps from a warm restart
+    # at half the first cycle's learning rate, objects weighted 4x. Does the wide model keep improving with length?
+    "cpu-wide-continued": CPU_WIDE_PRESET.tuned(
+        "cpu-wide-continued", steps=6_000, lr=5e-4, warmup_steps=200, object_weight=4.0
     ),
     # One H100: 128x128 frames (16x16 latents, 64 tokens per latent frame), a 24M-parameter transformer
     # (dim 512, 6 layers), Wan's VAE layout at base_dim 32, clips of 7 chunks (81 video frames).
@@ -402,7 +425,8 @@ def model_card(metadata: dict[str, Any]) -> str:
         f"| command | `{metadata.get('command', '?')}` |",
         f"| autoencoder steps | {_vae_steps(metadata)} |",
         f"| decoder fine-tune (stage 1b) | {_decoder_stage(metadata)} |",
-        f"| transformer steps | {metadata.get('steps', '?')} |",
+        f"| transformer steps | {metadata.get('steps', '?')}{_initialised_from(metadata)} |",
+        f"| object weight in the loss | {metadata.get('preset', {}).get('training', {}).get('object_weight', 1.0)} |",
         f"| sampled at (Self Forcing) | {_schedule(metadata)} |",
         f"| context noise augmentation | t <= {metadata.get('context_noise_aug', '?')} |",
         f"| device / dtype | {metadata.get('device', '?')} / {metadata.get('dtype', '?')} |",
@@ -423,6 +447,12 @@ def model_card(metadata: dict[str, Any]) -> str:
             lines.append(
                 f"- {metric}: {_fmt(entry.get('value'))} (must be {entry.get('rule')} {entry.get('threshold')}): "
                 f"{'pass' if entry.get('pass') else 'FAIL'}"
+            )
+        if "no_motion" in gate:
+            reference = gate["no_motion"]
+            lines.append(
+                f"- no-motion reference (the last true frame repeated): survival {_fmt(reference.get('survival'))}, "
+                f"count error {_fmt(reference.get('count_error'))}"
             )
     lines += [
         "",
@@ -451,6 +481,14 @@ def _stage_times(metadata: dict[str, Any]) -> str:
     if not stages:
         return ""
     return " (" + ", ".join(f"{name}: {_fmt(seconds)} s" for name, seconds in stages.items()) + ")"
+
+
+def _initialised_from(metadata: dict[str, Any]) -> str:
+    """For a fine-tune (``--init-from``): the model it started from and that model's steps."""
+    initial = metadata.get("init_from")
+    if not initial:
+        return ""
+    return f", fine-tuning `{initial.get('folder', '?')}` ({initial.get('steps_done', '?')} steps)"
 
 
 def _schedule(metadata: dict[str, Any]) -> str:

@@ -17,6 +17,9 @@ serves several transformer seeds:
   models already trained on ``VAE``;
 * ``--stage transformer --vae-from VAE --out MODEL``: a transformer on that autoencoder's latents, into a
   full model folder. Its scenes and noise come from its own seed, so it does not reproduce a one-shot run.
+  With ``--init-from MODEL0`` it is a fine-tune: it starts from ``MODEL0``'s transformer and text encoder
+  (same architecture, world and encoder) and trains with the preset's training settings (e.g. another loss
+  weighting); ``training.json`` records ``init_from`` and counts ``MODEL0``'s time as stage ``init``.
 
 A staged run writes ``OUT/checkpoint.pt`` every ``--checkpoint-minutes``, after ``--stop-after`` steps of
 this invocation, and at the end (stage 1 rewrites its ``VAE/vae`` snapshot each time, so the autoencoder can
@@ -27,6 +30,7 @@ and thread count give bit-identical weights to an uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import hashlib
 import json
 import shlex
@@ -38,7 +42,9 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from diffusers import AutoencoderKLWan
+from diffusers import AutoencoderKLWan, WanTransformer3DModel
+from safetensors.torch import load_file
+from transformers import UMT5EncoderModel
 
 from drift_lab.latents import video_frame_count
 from drift_lab.model import (
@@ -46,13 +52,14 @@ from drift_lab.model import (
     PRESETS,
     TRAINING_FILE,
     LabPreset,
+    TrainingConfig,
     build_lab_components,
     get_preset,
     lab_pipeline_options,
     save_lab_model,
 )
 from drift_lab.training_data import build_pool, scene_seeds
-from drift_lab.training_decoder import train_decoder, with_decoder_stage
+from drift_lab.training_decoder import differing_encoder_tensors, train_decoder, with_decoder_stage
 from drift_lab.training_loop import Checkpointing, Progress, Streams, load_checkpoint, resolve_dtype
 from drift_lab.training_transformer import train_transformer
 from drift_lab.training_vae import train_vae
@@ -64,6 +71,7 @@ STAGES = ("all", "vae", "decoder", "transformer")
 CHECKPOINT_FILE = "checkpoint.pt"
 VAE_FOLDER = "vae"
 VAE_WEIGHTS = f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors"
+TRANSFORMER_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
 
 
 @dataclass(frozen=True)
@@ -87,6 +95,10 @@ class RunOptions:
     # Stage transformer: accept an autoencoder whose stage 1 has not finished (its snapshot at its last
     # checkpoint, e.g. one that passes its gate already); the model's record says how far it had got.
     unfinished_vae: bool = False
+    # Stage transformer: a fine-tune, starting from this finished model's transformer and text encoder instead
+    # of fresh weights (same architecture, world and encoder); the preset's training section sets the new run.
+    init_from: Path | None = None
+    pool_cache: Path | None = None  # folder keeping encoded transformer pools across runs (None: encode each time)
 
     def validate(self) -> None:
         if self.seed < 0:
@@ -110,6 +122,10 @@ class RunOptions:
             )
         if self.unfinished_vae and not builds_on_vae:
             raise ValueError("unfinished_vae goes with stage decoder or transformer only")
+        if self.pool_cache is not None and self.stage not in ("all", "transformer"):
+            raise ValueError("pool_cache keeps the transformer's pool: it goes with stage all or transformer only")
+        if self.init_from is not None and self.stage != "transformer":
+            raise ValueError("init_from (a model folder to fine-tune) goes with stage transformer only")
         if builds_on_vae and self.vae_steps is not None:
             raise ValueError(f"vae_steps is the trained autoencoder's: it cannot be set for stage {self.stage}")
         # A one-shot run takes minutes (smoke, micro); only the stages of a long run checkpoint.
@@ -159,8 +175,21 @@ def train_lab_model(preset: LabPreset, out: str | Path, options: RunOptions) -> 
 
 
 def _checkpointing(out: Path, options: RunOptions, identity: dict[str, Any]) -> Checkpointing:
-    resume = None if options.resume is None else load_checkpoint(options.resume)
+    resume = None if options.resume is None else _with_later_defaults(load_checkpoint(options.resume))
     return Checkpointing(out / CHECKPOINT_FILE, 60.0 * options.checkpoint_minutes, identity, resume, options.stop_after)
+
+
+def _with_later_defaults(checkpoint: dict[str, Any]) -> dict[str, Any]:
+    """``checkpoint`` with the training options added to the lab after it was written set to their defaults in
+    its recorded preset: the run that wrote it trained at those defaults (each new option's default keeps the
+    old behaviour), so adding an option does not orphan the checkpoints of runs in progress."""
+    recorded = checkpoint["identity"].get("preset")
+    if recorded is None:  # stages keyed by a part of the preset record only that part
+        return checkpoint
+    defaults = json.loads(json.dumps(dataclasses.asdict(TrainingConfig())))
+    training = {**defaults, **recorded["training"]}
+    identity = {**checkpoint["identity"], "preset": {**recorded, "training": training}}
+    return {**checkpoint, "identity": identity}
 
 
 def _autoencoder_part(preset: LabPreset) -> dict[str, Any]:
@@ -311,13 +340,54 @@ def _transformer_stage(preset: LabPreset, out: Path, options: RunOptions) -> dic
     vae, vae_record, preset = load_vae_stage(options.vae_from, preset, options.unfinished_vae)
     components.vae = vae.to(options.device)
     fingerprint = hashlib.sha256((options.vae_from / VAE_WEIGHTS).read_bytes()).hexdigest()
-    identity = _identity("transformer", options, preset=preset.as_dict(), vae_sha256=fingerprint)
-    checkpointing = _checkpointing(out, options, identity)
+    parts: dict[str, Any] = {"preset": preset.as_dict(), "vae_sha256": fingerprint}
+    initial = None
+    if options.init_from is not None:
+        initial = _initialise_from(components, options.init_from, preset, options.vae_from)
+        parts["init_sha256"] = hashlib.sha256((options.init_from / TRANSFORMER_WEIGHTS).read_bytes()).hexdigest()
+    checkpointing = _checkpointing(out, options, _identity("transformer", options, **parts))
     metadata = _train_transformer(preset, options, components, streams, vae_record, checkpointing)
+    if initial is not None:
+        metadata["init_from"] = initial
+        metadata["stage_seconds"] = {"init": initial["wall_seconds"], **metadata["stage_seconds"]}
+        metadata["wall_seconds"] = round(metadata["wall_seconds"] + initial["wall_seconds"], 1)
     if metadata["finished"]:
         metadata["vae_from"] = str(options.vae_from)
         save_lab_model(components, out, default_size=preset.frame_size, metadata=metadata)
     return metadata
+
+
+def _initialise_from(components: TinyComponents, folder: Path, preset: LabPreset, vae_from: Path) -> dict[str, Any]:
+    """Replace ``components``' fresh transformer and text encoder by those of the finished model ``folder``
+    (the text encoder too: the transformer was trained on its embeddings); returns what the new model's
+    ``training.json`` records of the run it continues (``init_from``).
+
+    The model must have ``preset``'s architecture and world and have been trained on the encoder of
+    ``vae_from`` (its latents are the ones the fine-tune trains on)."""
+    if not (folder / TRAINING_FILE).is_file():
+        raise ValueError(f"{folder} is not a model folder written by drift_lab.train (no {TRAINING_FILE})")
+    record = json.loads((folder / TRAINING_FILE).read_text())
+    if not record.get("finished") or "preset" not in record:
+        raise ValueError(f"{folder} is not a finished model written by drift_lab.train")
+    for part in ("transformer", "world"):
+        if record["preset"][part] != preset.as_dict()[part]:
+            raise ValueError(f"{folder} has another {part} than preset {preset.name}'s: it cannot be fine-tuned by it")
+    differing = differing_encoder_tensors(
+        load_file(folder / VAE_WEIGHTS), load_file(vae_from / VAE_WEIGHTS), f"{folder} and {vae_from}"
+    )
+    if differing:
+        raise ValueError(f"{folder} was trained on another encoder than {vae_from}'s ({len(differing)} tensors differ)")
+    stages = record.get("stage_seconds", {})
+    components.transformer = WanTransformer3DModel.from_pretrained(folder / "transformer").eval()
+    components.text_encoder = UMT5EncoderModel.from_pretrained(folder / "text_encoder").eval().requires_grad_(False)
+    return {
+        "folder": str(folder),
+        "command": record.get("command", ""),
+        "steps_done": record["steps_done"],
+        "losses": {name: value for name, value in record["losses"].items() if name.startswith("transformer_")},
+        # A fine-tune of a fine-tune: the time of every transformer run before this one.
+        "wall_seconds": round(stages.get("init", 0.0) + stages.get("transformer", 0.0), 1),
+    }
 
 
 def _train_transformer(
@@ -337,9 +407,8 @@ def _train_transformer(
     encoder.text_encoder.to(device)
     clip_frames = video_frame_count(config.clip_chunks * FRAMES_PER_BLOCK)
     vae = components.vae
-    pool = build_pool(
-        vae, encoder, preset.world, scene_seeds(streams.rng, config.pool_clips), clip_frames, device, True
-    )
+    seeds = scene_seeds(streams.rng, config.pool_clips)
+    pool = build_pool(vae, encoder, preset.world, seeds, clip_frames, device, True, options.pool_cache)
     model = CausalWanTransformer(components.transformer.to(device), preset.text_len, "sdpa")
     progress = train_transformer(
         model,
@@ -423,6 +492,21 @@ def build_parser() -> argparse.ArgumentParser:
         help="stages decoder and transformer: start from the --vae-from autoencoder's last snapshot although stage "
         "1 has not finished (gate it first); the model's record keeps how many of its steps were done",
     )
+    parser.add_argument(
+        "--init-from",
+        type=Path,
+        default=None,
+        help="stage transformer: fine-tune this finished model folder's transformer (same architecture, world and "
+        "encoder) with the preset's training settings, instead of training fresh weights",
+    )
+    parser.add_argument(
+        "--pool-cache",
+        type=Path,
+        default=None,
+        help="keep the transformer's encoded training pool in this folder (~230 MB for the cpu presets) and reuse "
+        "it when a run needs the same clips again (a resume, a fine-tune of the same seed) instead of encoding "
+        "them anew (~10-15 minutes on one thread)",
+    )
     parser.add_argument("--resume", type=Path, default=None, help="continue a staged run from this checkpoint")
     parser.add_argument(
         "--checkpoint-minutes",
@@ -478,6 +562,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         checkpoint_minutes=args.checkpoint_minutes,
         stop_after=args.stop_after,
         unfinished_vae=args.unfinished_vae,
+        init_from=args.init_from,
+        pool_cache=args.pool_cache,
     )
     try:
         metadata = train_lab_model(get_preset(args.preset), args.out, options)

@@ -88,6 +88,14 @@ def with_decoder_stage(metadata: dict[str, Any], decoder: dict[str, Any]) -> Non
         metadata["wall_seconds"] = round(metadata["wall_seconds"] - earlier + decoder["wall_seconds"], 1)
 
 
+def differing_encoder_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], which: str) -> list[str]:
+    """Names of the encoder tensors (everything but the decoder's) that differ between two autoencoders' weights;
+    ``which`` names the two in the error raised when their architectures differ."""
+    if ours.keys() != theirs.keys():
+        raise ValueError(f"{which} hold autoencoders of different architectures")
+    return [name for name in ours if not is_decoder_weight(name) and not torch.equal(ours[name], theirs[name])]
+
+
 def install_decoder(model_folder: Path, decoder_folder: Path) -> None:
     """Put the fine-tuned decoder of ``decoder_folder`` (``--stage decoder``) into the model of ``model_folder``.
 
@@ -97,9 +105,7 @@ def install_decoder(model_folder: Path, decoder_folder: Path) -> None:
     """
     ours_path = model_folder / "vae" / VAE_WEIGHTS_FILE
     ours, theirs = load_file(ours_path), load_file(decoder_folder / "vae" / VAE_WEIGHTS_FILE)
-    if ours.keys() != theirs.keys():
-        raise ValueError(f"{model_folder} and {decoder_folder} hold autoencoders of different architectures")
-    differing = [name for name in ours if not is_decoder_weight(name) and not torch.equal(ours[name], theirs[name])]
+    differing = differing_encoder_tensors(ours, theirs, f"{model_folder} and {decoder_folder}")
     if differing:
         raise ValueError(
             f"the encoder of {model_folder} is not the one {decoder_folder}'s decoder was tuned on "

@@ -68,6 +68,16 @@ def make_optimizer(
     return optimizer, torch.optim.lr_scheduler.LambdaLR(optimizer, warmup_cosine(warmup, total, min_ratio))
 
 
+def object_loss_weights(objects: torch.Tensor | None, weight: float) -> torch.Tensor | None:
+    """Loss weights: ``weight`` where ``objects`` (bool) is set, 1 elsewhere; None at weight 1, the plain mean,
+    so that presets without object weighting keep their exact numbers."""
+    if weight == 1.0:
+        return None
+    if objects is None:
+        raise ValueError("an object weight needs to know where the objects are (a pool built by build_pool)")
+    return 1.0 + (weight - 1.0) * objects.float()
+
+
 def optimizer_step(
     loss: torch.Tensor,
     module: nn.Module,

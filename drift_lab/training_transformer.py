@@ -32,6 +32,7 @@ from drift_lab.training_loop import (
     Streams,
     autocast,
     make_optimizer,
+    object_loss_weights,
     optimizer_step,
     run_steps,
     training_mode,
@@ -121,18 +122,24 @@ def clip_loss(
     timesteps: torch.Tensor,
     context_timesteps: torch.Tensor,
     generator: torch.Generator,
+    weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """x0-space MSE of clips ``latents`` ``[B, F, C, h, w]`` (F a multiple of 3) under teacher forcing.
 
     ``timesteps`` ``[B, chunks]`` are the denoising timesteps of each chunk, ``context_timesteps`` ``[B]``
-    those of the clean context (its latents are noised to them: the context-noise augmentation).
+    those of the clean context (its latents are noised to them: the context-noise augmentation). ``weights``
+    (broadcastable to ``latents``, e.g. :func:`~drift_lab.training_loop.object_loss_weights`) make it a weighted mean.
     """
     per_frame = timesteps.to(latents.device).repeat_interleave(FRAMES_PER_BLOCK, dim=1)
     noisy = noised(latents, per_frame, generator)
     context = noised(latents, context_timesteps, generator)
     flows = teacher_forced_flows(model, noisy, timesteps, context, context_timesteps, text)
     x0 = to_x0(noisy, flows, per_frame[..., None, None, None])
-    return (x0.float() - latents.float()).square().mean()
+    squared = (x0.float() - latents.float()).square()
+    if weights is None:
+        return squared.mean()
+    weights = weights.to(squared).expand_as(squared)
+    return (squared * weights).sum() / weights.sum()
 
 
 def draw_timesteps(
@@ -163,10 +170,11 @@ def train_transformer(
     chunks = pool.latents.shape[1] // FRAMES_PER_BLOCK
 
     def step(index: int) -> dict[str, float]:
-        latents, prompts = pool.batch(rng, config.batch)
+        latents, prompts, objects = pool.batch(rng, config.batch)
         timesteps, context = draw_timesteps(config, chunks, generator)
+        weights = object_loss_weights(objects, config.object_weight)
         with autocast(device, dtype):
-            loss = clip_loss(model, latents, model.text_context(prompts), timesteps, context, generator)
+            loss = clip_loss(model, latents, model.text_context(prompts), timesteps, context, generator, weights)
         optimizer_step(loss, model.base, optimizer, scheduler, config.grad_clip)
         return {"x0_mse": loss.item()}
 

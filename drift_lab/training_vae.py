@@ -41,6 +41,7 @@ from drift_lab.training_loop import (
     Streams,
     autocast,
     make_optimizer,
+    object_loss_weights,
     optimizer_step,
     run_steps,
     training_mode,
@@ -128,9 +129,7 @@ def random_crops(clips: Clips, size: int | None, rng: np.random.Generator) -> Cl
 
 def object_weights(objects: np.ndarray, weight: float, device: torch.device) -> torch.Tensor | None:
     """Per-pixel loss weights ``[B, 1, T, H, W]``: ``weight`` on object pixels, 1 elsewhere (None for 1)."""
-    if weight == 1.0:  # the plain mean, so presets without object weighting keep their exact numbers
-        return None
-    return (1.0 + (weight - 1.0) * torch.from_numpy(objects).float())[:, None].to(device)
+    return object_loss_weights(torch.from_numpy(objects)[:, None].to(device), weight)
 
 
 def schedule_weights(config: TrainingConfig, step: int) -> tuple[float, float]:

@@ -7,7 +7,16 @@ import math
 
 import pytest
 
-from drift_lab.gate import CHECKS, OBJECT_CHECKS, free_rollout_values, main, reconstruct, verdict
+from drift_lab.gate import (
+    CHECKS,
+    OBJECT_CHECKS,
+    format_table,
+    free_rollout_values,
+    main,
+    no_motion_metrics,
+    reconstruct,
+    verdict,
+)
 from drift_lab.measure import measure
 from drift_lab.model import PRESETS, build_lab_components
 from drift_lab.rollout import chunk_first_frame
@@ -60,6 +69,20 @@ def test_gate_command_fails_an_untrained_model(tmp_path, capsys):
     assert json.loads((folder / "training.json").read_text())["gate"] == result
     card = (folder / "MODEL_CARD.md").read_text()
     assert "## Quality gate: FAIL (1 held-out scenes)" in card and "teacher_forced_psnr" in card
+    assert 0.0 <= result["no_motion"]["survival"] <= 1.0 and "no-motion reference" in card
+
+
+def test_the_no_motion_reference_loses_objects_as_they_move_away():
+    world = WorldSpec(height=64, width=64)
+    scenes = [sample_scene(seed, world) for seed in range(1_000_000, 1_000_008)]
+    references = [no_motion_metrics(scene, 9, 33) for scene in scenes]
+    # One frame later nothing has moved more than 1.5 px: every object is still found where it is.
+    assert all(reference.survival[0] == 1.0 and reference.count_error[0] == 0 for reference in references)
+    # 24 frames later some have moved further than the survival radius.
+    assert free_rollout_values(references)["survival"] < 0.95
+    table = format_table({**verdict(PASSING), "gate": "quality", "model": "m", "seeds": 8, "clip_chunks": 3,
+                          "no_motion": free_rollout_values(references)})  # fmt: skip
+    assert "no-motion reference, the last true frame repeated: survival" in table
 
 
 def test_autoencoder_gate_command_runs_end_to_end(tmp_path, capsys):

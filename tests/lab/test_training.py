@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import json
+import math
 from pathlib import Path
 
 import numpy as np
@@ -12,11 +13,12 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from drift_lab import training_data
 from drift_lab.model import PRESETS, TrainingConfig, build_lab_components
-from drift_lab.train import CHECKPOINT_FILE, RunOptions, main, train_lab_model
-from drift_lab.training_data import ClipPool, encode_prompts, render_clips
+from drift_lab.train import CHECKPOINT_FILE, RunOptions, _initialise_from, main, train_lab_model
+from drift_lab.training_data import ClipPool, build_pool, encode_prompts, latent_object_cells, render_clips
 from drift_lab.training_decoder import main as decoder_main
-from drift_lab.training_loop import warmup_cosine
+from drift_lab.training_loop import object_loss_weights, warmup_cosine
 from drift_lab.training_transformer import (
     clip_loss,
     denoising_grid,
@@ -382,3 +384,122 @@ def test_object_weights_follow_the_crop() -> None:
     assert weights is not None and weights.shape == (3, 1, 5, 16, 16)
     assert torch.equal(weights == 8.0, torch.from_numpy(cropped.objects)[:, None])
     assert torch.all((weights == 1.0) | (weights == 8.0))
+
+
+def test_latent_object_cells_mark_the_cells_encoding_an_object() -> None:
+    objects = np.zeros((1, 9, 32, 32), dtype=bool)
+    objects[0, 0, 3, 30] = True  # frame 0 is latent frame 0 on its own
+    objects[0, 6, 17, 9] = True  # frames 5-8 are latent frame 2
+    cells = latent_object_cells(objects, temporal_scale=4, spatial_scale=8)
+    assert cells.shape == (1, 3, 1, 4, 4) and cells.dtype == torch.bool
+    assert sorted(map(tuple, cells.nonzero().tolist())) == [(0, 0, 0, 0, 3), (0, 2, 0, 2, 1)]
+    with pytest.raises(ValueError, match="objects must be"):
+        latent_object_cells(objects[:, :8], temporal_scale=4, spatial_scale=8)
+
+
+def test_object_weighted_loss_weighs_the_object_cells() -> None:
+    assert object_loss_weights(None, 1.0) is None  # the plain mean, bit for bit
+    with pytest.raises(ValueError, match="where the objects are"):
+        object_loss_weights(None, 4.0)
+    components = build_lab_components(MICRO, seed=5)
+    model = CausalWanTransformer(components.transformer, MICRO.text_len, "sdpa")
+    latents = torch.randn(2, 6, 16, 4, 4, generator=torch.Generator().manual_seed(1))
+    text = model.encode_text(encode_prompts(components.prompt_encoder(), ["a", "b"], "cpu"))
+    timesteps = torch.full((2, 2), float(denoising_grid()[0]))
+    objects = torch.zeros(2, 6, 1, 4, 4, dtype=torch.bool)
+    objects[:, :, :, 1, 2] = True
+
+    def loss(weights: torch.Tensor | None) -> float:
+        with torch.no_grad():
+            generator = torch.Generator().manual_seed(9)
+            return clip_loss(model, latents, text, timesteps, torch.zeros(2), generator, weights).item()
+
+    plain, weighted = loss(None), loss(object_loss_weights(objects, 4.0))
+    assert loss(torch.ones(2, 6, 1, 4, 4)) == pytest.approx(plain, rel=1e-6)
+    only_objects = loss(object_loss_weights(objects, 1e6))  # ~ the mean over the object cells alone
+    assert min(plain, only_objects) < weighted < max(plain, only_objects)
+
+
+def test_an_object_weighted_micro_run_trains(vae_stage, tmp_path: Path) -> None:
+    vae_folder, _ = vae_stage
+    options = RunOptions(seed=4, steps=2, log_every=1, stage="transformer", vae_from=vae_folder)
+    weighted = train_lab_model(MICRO.with_training(object_weight=4.0), tmp_path / "weighted", options)
+    plain = train_lab_model(MICRO, tmp_path / "plain", options)
+    assert weighted["preset"]["training"]["object_weight"] == 4.0
+    assert math.isfinite(weighted["losses"]["transformer_x0_mse"])
+    assert weighted["losses"]["transformer_x0_mse"] != plain["losses"]["transformer_x0_mse"]
+
+
+def test_a_checkpoint_from_before_a_new_training_option_still_resumes(vae_stage, tmp_path: Path) -> None:
+    vae_folder, _ = vae_stage
+    options = RunOptions(seed=4, steps=3, log_every=10, stage="transformer", vae_from=vae_folder, stop_after=1)
+    out = tmp_path / "model"
+    train_lab_model(MICRO, out, options)
+    checkpoint = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    del checkpoint["identity"]["preset"]["training"]["object_weight"]  # as written before the option existed
+    torch.save(checkpoint, out / CHECKPOINT_FILE)
+    resumed = dataclasses.replace(options, stop_after=None, resume=out / CHECKPOINT_FILE)
+    assert train_lab_model(MICRO, out, resumed)["finished"]
+    # A value other than the default is another run: the old run trained at the default.
+    with pytest.raises(ValueError, match="another run"):
+        train_lab_model(MICRO.with_training(object_weight=2.0), tmp_path / "other", resumed)
+
+
+def test_a_fine_tune_starts_from_the_given_model(vae_stage, tmp_path: Path, capsys) -> None:
+    vae_folder, _ = vae_stage
+    source = tmp_path / "source"
+    train_lab_model(MICRO, source, RunOptions(seed=4, steps=2, log_every=10, stage="transformer", vae_from=vae_folder))
+    source_record = json.loads((source / "training.json").read_text())
+    components = build_lab_components(MICRO, seed=8)
+    initial = _initialise_from(components, source, MICRO, vae_folder)
+    _assert_identical(components.transformer.state_dict(), load_file(source / WEIGHTS[0]))
+    assert initial["steps_done"] == 2 and initial["folder"] == str(source)
+
+    out = tmp_path / "tuned"
+    arguments = ["--preset", "micro", "--seed", "8", "--stage", "transformer", "--vae-from", str(vae_folder)]
+    assert main([*arguments, "--out", str(out), "--steps", "2", "--init-from", str(source)]) == 0
+    record = json.loads((out / "training.json").read_text())
+    assert record["init_from"]["steps_done"] == 2 and set(record["stage_seconds"]) >= {"init", "transformer"}
+    assert record["wall_seconds"] >= source_record["stage_seconds"]["transformer"]
+    assert load_model(ModelSpec(model=str(out))).transformer is not None
+    # Another architecture is refused, naming the part that differs.
+    wider = dataclasses.replace(MICRO, transformer={**MICRO.transformer, "ffn_dim": 96})
+    with pytest.raises(ValueError, match="another transformer"):
+        _initialise_from(build_lab_components(wider, seed=8), source, wider, vae_folder)
+    assert main([*arguments, "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "missing")]) == 2
+    assert "missing is not a model folder" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="stage transformer only"):
+        RunOptions(stage="vae", init_from=source).validate()
+
+
+@pytest.mark.parametrize("name", ["cpu-wide-objects", "cpu-wide-continued"])
+def test_the_fine_tune_presets_fit_the_models_they_continue(name: str) -> None:
+    tune, base = PRESETS[name], PRESETS["cpu-wide"]
+    assert (tune.transformer, tune.world, tune.vae) == (base.transformer, base.world, base.vae)
+    # Same seed, same pool: the fine-tune continues on the clips its model was trained on.
+    assert tune.training.pool_clips == base.training.pool_clips and tune.training.object_weight > 1
+    assert tune.name == name and base.name == "cpu-wide"
+
+
+def test_a_cached_pool_is_reused_only_for_the_same_clips(tmp_path: Path, monkeypatch) -> None:
+    components = build_lab_components(MICRO, seed=2)
+    encoder = components.prompt_encoder()
+
+    def pool(seeds: list[int]) -> ClipPool:
+        return build_pool(components.vae, encoder, MICRO.world, seeds, 9, torch.device("cpu"), cache=tmp_path)
+
+    first = pool([1, 2, 3])
+    assert len(list(tmp_path.glob("pool-*.pt"))) == 1 and not list(tmp_path.glob("*.tmp"))
+
+    def no_encoding(*args: object) -> None:
+        raise AssertionError("a cached pool was encoded again")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(training_data, "_encode_clips", no_encoding)
+        again = pool([1, 2, 3])
+    assert torch.equal(first.latents, again.latents) and torch.equal(first.objects, again.objects)
+    assert first.captions == again.captions and torch.equal(first.prompts, again.prompts)
+    pool([1, 2, 4])  # other clips: encoded and kept under their own key
+    assert len(list(tmp_path.glob("pool-*.pt"))) == 2
+    with pytest.raises(ValueError, match="pool_cache"):
+        RunOptions(stage="vae", pool_cache=tmp_path).validate()
