@@ -232,6 +232,27 @@ def _transformer(heads: int, head_dim: int, ffn: int, layers: int, text_dim: int
 # Text length: the longest caption (MAX_CAPTION_WORDS) plus </s>, rounded up.
 LAB_TEXT_LEN = 32
 
+# The committed CPU models: 64x64 frames (8x8 latents, 16 tokens per latent frame), ~6 minutes on one CPU
+# thread. Sizes keep the saved folder under 4 MB (float32): VAE ~0.41M, transformer ~0.34M parameters.
+SMOKE_PRESET = LabPreset(
+    name="smoke",
+    world=WorldSpec(height=64, width=64),
+    transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
+    vae={"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
+    text_encoder=umt5_encoder_kwargs(32),
+    text_len=LAB_TEXT_LEN,
+    training=TrainingConfig(
+        vae_steps=800,
+        vae_batch=3,
+        vae_clip_frames=13,
+        vae_crop=32,
+        steps=400,
+        batch=8,
+        warmup_steps=40,
+        pool_clips=96,
+    ),
+)
+
 # The CPU model of issue #15, trained in stages in the background on one thread (docs/drift-lab.md,
 # "Training on the CPU"). 64x64 frames: 8x8 latents, 16 tokens per latent frame (2x2 patches of 16x16 px).
 # p = 0.1 then prunes 2 tokens, about the footprint of one object (diameters 8-20 px span 1-4 tokens), so
@@ -252,13 +273,10 @@ LAB_TEXT_LEN = 32
 # at t = 625, is a posterior mean, and the committed chunk it writes into the cache is a blur of the
 # objects, which the next chunk blurs further (at 4,400 steps on the larger pool: objects dissolved within
 # two chunks, survival 0.57). The decoder stage (1b) then fits the decoder to the whole training clip.
-CPU_PRESET = LabPreset(
+CPU_PRESET = dataclasses.replace(
+    SMOKE_PRESET,
     name="cpu",
-    world=WorldSpec(height=64, width=64),
-    transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
     vae={"base_dim": 10, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
-    text_encoder=umt5_encoder_kwargs(32),
-    text_len=LAB_TEXT_LEN,
     training=TrainingConfig(
         vae_steps=24_000,
         vae_batch=4,
@@ -300,26 +318,7 @@ PRESETS: dict[str, LabPreset] = {
             vae_steps=20, vae_batch=2, steps=40, batch=4, warmup_steps=5, pool_clips=8, decoder_steps=3
         ),
     ),
-    # The committed CPU models: 64x64 frames (8x8 latents, 16 tokens per latent frame), ~6 minutes on one CPU
-    # thread. Sizes keep the saved folder under 4 MB (float32): VAE ~0.41M, transformer ~0.34M parameters.
-    "smoke": LabPreset(
-        name="smoke",
-        world=WorldSpec(height=64, width=64),
-        transformer=_transformer(heads=2, head_dim=32, ffn=256, layers=4, text_dim=32),
-        vae={"base_dim": 8, "z_dim": 16, "dim_mult": [1, 2, 3, 3], "num_res_blocks": 1},
-        text_encoder=umt5_encoder_kwargs(32),
-        text_len=LAB_TEXT_LEN,
-        training=TrainingConfig(
-            vae_steps=800,
-            vae_batch=3,
-            vae_clip_frames=13,
-            vae_crop=32,
-            steps=400,
-            batch=8,
-            warmup_steps=40,
-            pool_clips=96,
-        ),
-    ),
+    "smoke": SMOKE_PRESET,
     "cpu": CPU_PRESET,
     "cpu-wide": CPU_WIDE_PRESET,
     # A fine-tune of a trained `cpu-wide` model (`--init-from`, same pool), with object cells weighted 4x in the
