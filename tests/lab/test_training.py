@@ -481,6 +481,20 @@ def test_the_fine_tune_presets_fit_the_models_they_continue(name: str) -> None:
     assert tune.name == name and base.name == "cpu-wide"
 
 
+@pytest.mark.parametrize(("name", "parameters"), [("cpu-large", (4.5e6, 5.2e6)), ("cpu-deep", (3.6e6, 4.3e6))])
+def test_the_larger_presets_share_the_wide_models_autoencoder_and_pool(
+    name: str, parameters: tuple[float, float]
+) -> None:
+    larger, wide = PRESETS[name], PRESETS["cpu-wide"]
+    # One autoencoder (--vae-from) and one cached pool serve every transformer size at the same seed.
+    assert (larger.world, larger.vae, larger.text_encoder) == (wide.world, wide.vae, wide.text_encoder)
+    assert larger.training.pool_clips == wide.training.pool_clips
+    assert larger.training.denoising_steps == wide.training.denoising_steps
+    transformer = build_lab_components(larger, seed=0).transformer
+    low, high = parameters
+    assert low <= sum(p.numel() for p in transformer.parameters()) <= high
+
+
 def test_a_cached_pool_is_reused_only_for_the_same_clips(tmp_path: Path, monkeypatch) -> None:
     components = build_lab_components(MICRO, seed=2)
     encoder = components.prompt_encoder()
