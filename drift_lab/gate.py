@@ -34,7 +34,7 @@ import json
 import math
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,6 +141,7 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
     return {
         "gate": "quality",
         "model": model.name,
+        **training_state(model.metadata),
         "pipeline": PIPELINE,
         "clip_chunks": clip,
         "seeds": seeds,
@@ -148,6 +149,15 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
         **verdict(values),
         "no_motion": free_rollout_values(still),
     }
+
+
+def training_state(metadata: Mapping[str, Any]) -> dict[str, Any]:
+    """Whether the gated model finished training, and its steps (a snapshot of a run still training, e.g.
+    ``MODEL/snapshot``, is gated like any model but must not be mistaken for the finished one)."""
+    if "finished" not in metadata:  # a model folder without a training record
+        return {}
+    steps = {name: metadata.get(name) for name in ("steps_done", "steps")}
+    return {"finished": bool(metadata["finished"]), **steps}
 
 
 def no_motion_metrics(scene: Scene, start: int, end: int) -> FrameMetrics:
@@ -201,6 +211,8 @@ def format_table(result: dict[str, Any]) -> str:
     lines = [
         f"{result['gate']} gate of {result['model']} ({result['seeds']} seeds, clip of {result['clip_chunks']} chunks)"
     ]
+    if result.get("finished") is False:
+        lines.append(f"  unfinished model: step {result['steps_done']} of {result['steps']}")
     for metric, entry in result["checks"].items():
         mark = "pass" if entry["pass"] else "FAIL"
         lines.append(f"  {metric:<20} {entry['value']:9.4f} {entry['rule']} {entry['threshold']:<6g} {mark}")

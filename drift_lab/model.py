@@ -448,7 +448,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         f"| command | `{metadata.get('command', '?')}` |",
         f"| autoencoder steps | {_vae_steps(metadata)} |",
         f"| decoder fine-tune (stage 1b) | {_decoder_stage(metadata)} |",
-        f"| transformer steps | {metadata.get('steps', '?')}{_initialised_from(metadata)} |",
+        f"| transformer steps | {_transformer_steps(metadata)}{_initialised_from(metadata)} |",
         f"| object weight in the loss | {metadata.get('preset', {}).get('training', {}).get('object_weight', 1.0)} |",
         f"| sampled at (Self Forcing) | {_schedule(metadata)} |",
         f"| context noise augmentation | t <= {metadata.get('context_noise_aug', '?')} |",
@@ -504,6 +504,14 @@ def _stage_times(metadata: dict[str, Any]) -> str:
     if not stages:
         return ""
     return " (" + ", ".join(f"{name}: {_fmt(seconds)} s" for name, seconds in stages.items()) + ")"
+
+
+def _transformer_steps(metadata: dict[str, Any]) -> str:
+    """The transformer's steps; for a snapshot of a run still training, how far it is."""
+    planned = metadata.get("steps", "?")
+    if metadata.get("finished") is False:
+        return f"{metadata.get('steps_done', '?')} of {planned} (unfinished: a snapshot of a run still training)"
+    return str(planned)
 
 
 def _initialised_from(metadata: dict[str, Any]) -> str:

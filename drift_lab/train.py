@@ -22,9 +22,11 @@ serves several transformer seeds:
   weighting); ``training.json`` records ``init_from`` and counts ``MODEL0``'s time as stage ``init``.
 
 A staged run writes ``OUT/checkpoint.pt`` every ``--checkpoint-minutes``, after ``--stop-after`` steps of
-this invocation, and at the end (stage 1 rewrites its ``VAE/vae`` snapshot each time, so the autoencoder can
-be gated while it trains). ``--resume OUT/checkpoint.pt`` (same command otherwise) continues it: the same seed
-and thread count give bit-identical weights to an uninterrupted run.
+this invocation, and at the end. Each time, stage 1 rewrites its ``VAE/vae`` snapshot and stage 2 writes the
+model as it stands into ``MODEL/snapshot`` (a whole model folder, ``finished: false`` in its ``training.json``,
+removed when the run finishes), so either can be gated while it trains. ``--resume OUT/checkpoint.pt`` (same
+command otherwise) continues it: the same seed and thread count give bit-identical weights to an
+uninterrupted run.
 """
 
 from __future__ import annotations
@@ -34,9 +36,10 @@ import dataclasses
 import hashlib
 import json
 import shlex
+import shutil
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -69,6 +72,8 @@ from tokentrim_server.models.tiny import TinyComponents
 
 STAGES = ("all", "vae", "decoder", "transformer")
 CHECKPOINT_FILE = "checkpoint.pt"
+# Stage 2's model as of its last checkpoint, a model folder inside the run's own (not committed).
+SNAPSHOT_FOLDER = "snapshot"
 VAE_FOLDER = "vae"
 VAE_WEIGHTS = f"{VAE_FOLDER}/diffusion_pytorch_model.safetensors"
 TRANSFORMER_WEIGHTS = "transformer/diffusion_pytorch_model.safetensors"
@@ -346,14 +351,30 @@ def _transformer_stage(preset: LabPreset, out: Path, options: RunOptions) -> dic
         initial = _initialise_from(components, options.init_from, preset, options.vae_from)
         parts["init_sha256"] = hashlib.sha256((options.init_from / TRANSFORMER_WEIGHTS).read_bytes()).hexdigest()
     checkpointing = _checkpointing(out, options, _identity("transformer", options, **parts))
-    metadata = _train_transformer(preset, options, components, streams, vae_record, checkpointing)
-    if initial is not None:
-        metadata["init_from"] = initial
-        metadata["stage_seconds"] = {"init": initial["wall_seconds"], **metadata["stage_seconds"]}
-        metadata["wall_seconds"] = round(metadata["wall_seconds"] + initial["wall_seconds"], 1)
+
+    def model_record(metadata: dict[str, Any]) -> dict[str, Any]:
+        """The training run's record completed with what this stage adds (the autoencoder's folder, and the
+        model a fine-tune started from with its training time)."""
+        metadata = {**metadata, "vae_from": str(options.vae_from)}
+        if initial is not None:
+            metadata["init_from"] = initial
+            metadata["stage_seconds"] = {"init": initial["wall_seconds"], **metadata["stage_seconds"]}
+            metadata["wall_seconds"] = round(metadata["wall_seconds"] + initial["wall_seconds"], 1)
+        return metadata
+
+    def snapshot(metadata: dict[str, Any]) -> None:
+        # Written beside the old one, then swapped in: a gate reading the snapshot sees one whole model.
+        partial = out / f"{SNAPSHOT_FOLDER}.partial"
+        shutil.rmtree(partial, ignore_errors=True)
+        save_lab_model(components, partial, default_size=preset.frame_size, metadata=model_record(metadata))
+        shutil.rmtree(out / SNAPSHOT_FOLDER, ignore_errors=True)
+        partial.rename(out / SNAPSHOT_FOLDER)
+
+    trained = _train_transformer(preset, options, components, streams, vae_record, checkpointing, snapshot)
+    metadata = model_record(trained)
     if metadata["finished"]:
-        metadata["vae_from"] = str(options.vae_from)
         save_lab_model(components, out, default_size=preset.frame_size, metadata=metadata)
+        shutil.rmtree(out / SNAPSHOT_FOLDER, ignore_errors=True)
     return metadata
 
 
@@ -397,9 +418,13 @@ def _train_transformer(
     streams: Streams,
     vae_record: dict[str, Any],
     checkpointing: Checkpointing | None,
+    snapshot: Callable[[dict[str, Any]], None] | None = None,
 ) -> dict[str, Any]:
     """Encode the pool with ``components.vae`` and train the transformer (the one-shot run's second half and
-    stage 2); moves the components back to the CPU and returns the model's ``training.json``."""
+    stage 2); moves the components back to the CPU and returns the model's ``training.json``.
+
+    ``snapshot`` is called after every checkpoint with the record as of that step, ``components`` then holding
+    the transformer being trained (on the training device, in training mode)."""
     config = preset.training
     device = torch.device(options.device)
     assert streams.generator is not None  # seeded streams carry the noise generator
@@ -410,6 +435,13 @@ def _train_transformer(
     seeds = scene_seeds(streams.rng, config.pool_clips)
     pool = build_pool(vae, encoder, preset.world, seeds, clip_frames, device, True, options.pool_cache)
     model = CausalWanTransformer(components.transformer.to(device), preset.text_len, "sdpa")
+    components.transformer = model.base
+
+    def record(progress: Progress) -> dict[str, Any]:
+        return _transformer_record(preset, options, components, len(pool), vae_record, progress)
+
+    if checkpointing is not None and snapshot is not None:
+        checkpointing.after_save = lambda progress: snapshot(record(progress))
     progress = train_transformer(
         model,
         pool,
@@ -422,6 +454,19 @@ def _train_transformer(
     )
     components.vae, components.transformer = vae.cpu(), model.base.cpu()
     components.text_encoder = components.text_encoder.cpu()
+    return record(progress)
+
+
+def _transformer_record(
+    preset: LabPreset,
+    options: RunOptions,
+    components: TinyComponents,
+    pool_clips: int,
+    vae_record: dict[str, Any],
+    progress: Progress,
+) -> dict[str, Any]:
+    """The ``training.json`` of a model whose transformer has trained ``progress`` (without what stage 2 adds)."""
+    config = preset.training
     metadata = {
         "command": options.command,
         "finished": progress.done == progress.total,
@@ -437,7 +482,7 @@ def _train_transformer(
         "steps_done": progress.done,
         "context_noise_aug": config.context_noise_aug,
         "pipeline_options": lab_pipeline_options(config),
-        "pool_clips": len(pool),
+        "pool_clips": pool_clips,
         "device": options.device,
         "dtype": options.dtype,
         "threads": torch.get_num_threads(),
@@ -447,8 +492,8 @@ def _train_transformer(
             "vae": _count(components.vae),
             "text_encoder": _count(components.text_encoder),
         },
-        "latents_mean": list(vae.config.latents_mean),
-        "latents_std": list(vae.config.latents_std),
+        "latents_mean": list(components.vae.config.latents_mean),
+        "latents_std": list(components.vae.config.latents_std),
         "losses": {
             **vae_record["losses"],
             **{f"transformer_{name}": value for name, value in progress.final().items()},

@@ -83,6 +83,10 @@ def test_the_no_motion_reference_loses_objects_as_they_move_away():
     table = format_table({**verdict(PASSING), "gate": "quality", "model": "m", "seeds": 8, "clip_chunks": 3,
                           "no_motion": free_rollout_values(references)})  # fmt: skip
     assert "no-motion reference, the last true frame repeated: survival" in table
+    assert "unfinished" not in table
+    snapshot = format_table({**verdict(PASSING), "gate": "quality", "model": "snapshot", "seeds": 8, "clip_chunks": 3,
+                             "finished": False, "steps_done": 4000, "steps": 20000})  # fmt: skip
+    assert "unfinished model: step 4000 of 20000" in snapshot
 
 
 def test_autoencoder_gate_command_runs_end_to_end(tmp_path, capsys):

@@ -14,8 +14,10 @@ import torch
 from safetensors.torch import load_file
 
 from drift_lab import training_data
+from drift_lab.gate import training_state
 from drift_lab.model import PRESETS, TrainingConfig, build_lab_components
-from drift_lab.train import CHECKPOINT_FILE, RunOptions, _initialise_from, main, train_lab_model
+from drift_lab.rollout import load_lab_model
+from drift_lab.train import CHECKPOINT_FILE, SNAPSHOT_FOLDER, RunOptions, _initialise_from, main, train_lab_model
 from drift_lab.training_data import ClipPool, build_pool, encode_prompts, latent_object_cells, render_clips
 from drift_lab.training_decoder import main as decoder_main
 from drift_lab.training_loop import object_loss_weights, warmup_cosine
@@ -275,6 +277,27 @@ def test_resumed_transformer_stage_equals_an_uninterrupted_run(vae_stage, tmp_pa
     _assert_identical(_weights(tmp_path / "full"), _weights(tmp_path / "resumed"))
     assert resumed["losses"] == full["losses"] and resumed["vae_from"] == str(vae_folder)
     assert resumed["stage_seconds"]["vae"] == json.loads((vae_folder / "training.json").read_text())["wall_seconds"]
+
+
+def test_the_transformer_stage_snapshots_its_model_while_it_trains(vae_stage, tmp_path: Path) -> None:
+    vae_folder, _ = vae_stage
+    out = tmp_path / "model"
+    options = RunOptions(seed=4, steps=4, log_every=10, stage="transformer", vae_from=vae_folder)
+    train_lab_model(MICRO, out, dataclasses.replace(options, stop_after=2))
+    snapshot = out / SNAPSHOT_FOLDER
+    assert not (out / "model_index.json").exists() and not (out / f"{SNAPSHOT_FOLDER}.partial").exists()
+    # A whole model folder, with the transformer and text encoder of the checkpoint it follows.
+    model = load_lab_model(snapshot)
+    checkpoint = torch.load(out / CHECKPOINT_FILE, weights_only=True)
+    _assert_identical(model.bundle.transformer.base.state_dict(), checkpoint["model"])
+    assert model.metadata["finished"] is False and model.metadata["steps_done"] == 2
+    assert model.metadata["vae_from"] == str(vae_folder)
+    assert "2 of 4 (unfinished" in (snapshot / "MODEL_CARD.md").read_text()
+    assert training_state(model.metadata) == {"finished": False, "steps_done": 2, "steps": 4}
+    # Finishing writes the model into the run's folder and drops the snapshot.
+    train_lab_model(MICRO, out, dataclasses.replace(options, resume=out / CHECKPOINT_FILE))
+    assert (out / "model_index.json").is_file() and not snapshot.exists()
+    assert training_state(load_lab_model(out).metadata) == {"finished": True, "steps_done": 4, "steps": 4}
 
 
 def test_staged_cli_writes_a_loadable_model_on_the_given_autoencoder(vae_stage, tmp_path: Path) -> None:
