@@ -32,6 +32,7 @@ uninterrupted run.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -39,7 +40,7 @@ import shlex
 import shutil
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -48,6 +49,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from safetensors.torch import load_file
 from transformers import UMT5EncoderModel
+from transformers.utils import logging as transformers_logging
 
 from drift_lab.latents import video_frame_count
 from drift_lab.model import (
@@ -366,7 +368,8 @@ def _transformer_stage(preset: LabPreset, out: Path, options: RunOptions) -> dic
         # Written beside the old one, then swapped in: a gate reading the snapshot sees one whole model.
         partial = out / f"{SNAPSHOT_FOLDER}.partial"
         shutil.rmtree(partial, ignore_errors=True)
-        save_lab_model(components, partial, default_size=preset.frame_size, metadata=model_record(metadata))
+        with _without_progress_bars():
+            save_lab_model(components, partial, default_size=preset.frame_size, metadata=model_record(metadata))
         shutil.rmtree(out / SNAPSHOT_FOLDER, ignore_errors=True)
         partial.rename(out / SNAPSHOT_FOLDER)
 
@@ -376,6 +379,18 @@ def _transformer_stage(preset: LabPreset, out: Path, options: RunOptions) -> dic
         save_lab_model(components, out, default_size=preset.frame_size, metadata=metadata)
         shutil.rmtree(out / SNAPSHOT_FOLDER, ignore_errors=True)
     return metadata
+
+
+@contextlib.contextmanager
+def _without_progress_bars() -> Iterator[None]:
+    """transformers draws a progress bar for every ``save_pretrained``: a line in the run's log at every snapshot."""
+    enabled = transformers_logging.is_progress_bar_enabled()
+    transformers_logging.disable_progress_bar()
+    try:
+        yield
+    finally:
+        if enabled:
+            transformers_logging.enable_progress_bar()
 
 
 def _initialise_from(components: TinyComponents, folder: Path, preset: LabPreset, vae_from: Path) -> dict[str, Any]:
