@@ -10,9 +10,12 @@ measures nothing but the model's failure. Inside the training horizon (``clip_ch
 * teacher forcing: for every chunk ``k >= 1`` of the clip, prefill the true chunks before it and generate
   chunk ``k`` alone; its PSNR against the truth must be > 25 dB.
 
-Beside the checks it reports a reference that knows no motion (``no_motion``): the last true frame before
-the free rollout, repeated over its frames and measured like it. A model whose survival is not well above
-this reference has not learnt how the world moves, whatever its loss says.
+Beside the checks it reports why the free rollouts lost the objects they lost (``lost_objects``: each lost
+(object, frame) pair attributed to contact with another object, a bounce off the border, a small object or
+none of these; ``drift_lab.measure.lost_object_causes``), and a reference that knows no motion
+(``no_motion``): the last true frame before the free rollout, repeated over its frames and measured like it.
+A model whose survival is not well above this reference has not learnt how the world moves, whatever its
+loss says.
 
 The autoencoder is gated on its own first (``--vae-only``; issue #15): a transformer trained on latents
 that already lose the objects cannot pass. On held-out scenes, the true clip (the training horizon) is
@@ -45,7 +48,7 @@ from diffusers import AutoencoderKLWan
 
 from drift_lab.arms import CONTROL, get_arm
 from drift_lab.latents import encode_frames
-from drift_lab.measure import FrameMetrics, measure
+from drift_lab.measure import LOSS_CAUSES, FrameMetrics, describe_lost, lost_object_causes, measure
 from drift_lab.model import TRAINING_FILE, model_card
 from drift_lab.rollout import (
     EVALUATION_SEED_OFFSET,
@@ -126,11 +129,15 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
     clip = model.clip_chunks
     free: list[FrameMetrics] = []
     still: list[FrameMetrics] = []
+    lost = {cause: {"pairs": 0, "lost": 0} for cause in LOSS_CAUSES}
     psnr: list[np.ndarray] = []
     started = time.perf_counter()
     for number in range(seeds):
         truth = make_truth(model, EVALUATION_SEED_OFFSET + number, clip - 1)  # the last chunk is never prefilled
-        free.append(run_rollout(model, arm, truth, 1, clip - 1).metrics)
+        rollout = run_rollout(model, arm, truth, 1, clip - 1)
+        free.append(rollout.metrics)
+        for cause, counts in lost_object_causes(rollout.frames, truth.scene, rollout.start_frame).items():
+            lost[cause] = {name: lost[cause][name] + count for name, count in counts.items()}
         still.append(no_motion_metrics(truth.scene, chunk_first_frame(1), chunk_first_frame(clip)))
         for chunk in range(1, clip):
             psnr.append(run_rollout(model, arm, truth, chunk, 1).metrics.psnr)
@@ -148,6 +155,7 @@ def evaluate_gate(model: LabModel, seeds: int, *, progress: bool = False) -> dic
         "first_seed": EVALUATION_SEED_OFFSET,
         **verdict(values),
         "no_motion": free_rollout_values(still),
+        "lost_objects": lost,
     }
 
 
@@ -216,6 +224,8 @@ def format_table(result: dict[str, Any]) -> str:
     for metric, entry in result["checks"].items():
         mark = "pass" if entry["pass"] else "FAIL"
         lines.append(f"  {metric:<20} {entry['value']:9.4f} {entry['rule']} {entry['threshold']:<6g} {mark}")
+    if "lost_objects" in result:
+        lines.append(f"  (lost (object, frame) pairs of the free rollouts: {describe_lost(result['lost_objects'])})")
     if "no_motion" in result:
         reference = result["no_motion"]
         lines.append(

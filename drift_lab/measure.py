@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 
 import numpy as np
@@ -38,6 +39,11 @@ MIN_AREA_FRACTION = 0.25
 # side) of its true centroid: one object diameter, i.e. still recognisably the same object in about the
 # right place, while an object that jumped elsewhere or a lone same-coloured smear is not.
 SURVIVAL_RADIUS_SIZES = 2.0
+# Objects (or an object and the frame's border, where it bounces) this close count as in contact when a lost
+# object is attributed to its likeliest cause (lost_object_causes).
+CONTACT_GAP_PX = 2
+# The causes a lost object is attributed to, in priority order (the first that applies).
+LOSS_CAUSES: tuple[str, ...] = ("after_contact", "after_bounce", "small", "other")
 # Ignore this many pixels around every true object for background_deviation: a good decoder softens edges,
 # which is not background drift.
 BACKGROUND_MARGIN_PX = 1
@@ -218,6 +224,61 @@ def measure(frames: np.ndarray, scene: Scene, start: int) -> FrameMetrics:
         psnr_background_floor=_psnr_db(_per_frame_mse(render_background(scene, start, count), truth)),
         true_count=true_count,
     )
+
+
+def lost_object_causes(frames: np.ndarray, scene: Scene, start: int) -> dict[str, dict[str, int]]:
+    """Why the true objects that ``frames`` (uint8 ``[T, H, W, 3]``, frames ``start..``) fail to show were lost:
+    every true (object, frame) pair survival counts, classed by the first of these that applies to it, and
+    per class ``{"pairs": how many, "lost": how many of them survival counts as lost}``.
+
+    * ``after_contact``: the object had touched or overlapped another object (within CONTACT_GAP_PX, in the truth)
+      at some frame from 0 to this one: occlusion and merging;
+    * ``after_bounce``: it had touched the frame's border (bounced) at some frame from 0 to this one;
+    * ``small``: it is of the "small" size class;
+    * ``other``: none of these.
+
+    The ``lost`` counts add up to ``(1 - survival) * true_count`` summed over frames; against ``pairs`` they
+    read as a loss rate per class: interactions the model does not follow, or plain forgetting.
+    """
+    _check_frames(frames, "frames", scene)
+    count = frames.shape[0]
+    masks = shape_masks(scene, 0, start + count)  # from frame 0: a contact before the rollout counts too
+    near = ndimage.binary_dilation(
+        masks, structure=np.ones((1, 1, 2 * CONTACT_GAP_PX + 1, 2 * CONTACT_GAP_PX + 1), dtype=bool)
+    )
+    others = [np.delete(masks, index, axis=0).any(axis=0) for index in range(len(scene.shapes))]
+    contact = np.stack([(near[index] & others[index]).any(axis=(1, 2)) for index in range(len(scene.shapes))])
+    border = np.ones((scene.height, scene.width), dtype=bool)
+    border[CONTACT_GAP_PX:-CONTACT_GAP_PX, CONTACT_GAP_PX:-CONTACT_GAP_PX] = False
+    bounce = (masks & border).any(axis=(2, 3))
+    # "Had touched by frame f": running maxima over frames.
+    contact, bounce = np.maximum.accumulate(contact, axis=1), np.maximum.accumulate(bounce, axis=1)
+
+    index = {shape.colour: number for number, shape in enumerate(scene.shapes)}
+    radius = {shape.colour: SURVIVAL_RADIUS_SIZES * shape.size for shape in scene.shapes}
+    causes = {cause: {"pairs": 0, "lost": 0} for cause in LOSS_CAUSES}
+    true_detections = _detect_clip(render(scene, start, count), scene)
+    for frame, (expected, observed) in enumerate(zip(true_detections, _detect_clip(frames, scene), strict=True)):
+        found = {id(true) for true, _ in _match(expected, observed, radius)}
+        for true in expected:
+            number = index[true.colour]
+            if contact[number, start + frame]:
+                cause = "after_contact"
+            elif bounce[number, start + frame]:
+                cause = "after_bounce"
+            else:
+                cause = "small" if scene.shapes[number].scale == "small" else "other"
+            causes[cause]["pairs"] += 1
+            causes[cause]["lost"] += id(true) not in found
+    return causes
+
+
+def describe_lost(lost: Mapping[str, Mapping[str, int]]) -> str:
+    """:func:`lost_object_causes`' counts (or their sums over rollouts) in words: the lost pairs of all pairs,
+    then of each class."""
+    total = {name: sum(counts[name] for counts in lost.values()) for name in ("lost", "pairs")}
+    classes = ", ".join(f"{cause.replace('_', ' ')} {c['lost']}/{c['pairs']}" for cause, c in lost.items())
+    return f"{total['lost']} of {total['pairs']}; by class, lost/pairs: {classes}"
 
 
 def summarise(metrics: FrameMetrics) -> dict[str, float]:

@@ -23,6 +23,7 @@ import torch
 from diffusers import AutoencoderKLWan, WanTransformer3DModel
 from transformers import UMT5Config, UMT5EncoderModel
 
+from drift_lab.measure import describe_lost
 from drift_lab.world import DATA_VERSION, MAX_CAPTION_WORDS, VOCABULARY, WorldSpec
 from tokentrim_server.loading.model_folder import save_components_folder
 from tokentrim_server.models.text_encoder import umt5_encoder_kwargs
@@ -477,6 +478,8 @@ def model_card(metadata: dict[str, Any]) -> str:
                 f"- no-motion reference (the last true frame repeated): survival {_fmt(reference.get('survival'))}, "
                 f"count error {_fmt(reference.get('count_error'))}"
             )
+        if "lost_objects" in gate:
+            lines.append(f"- lost (object, frame) pairs of the free rollouts: {describe_lost(gate['lost_objects'])}")
     lines += [
         "",
         "## Limits",

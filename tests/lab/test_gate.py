@@ -17,7 +17,7 @@ from drift_lab.gate import (
     reconstruct,
     verdict,
 )
-from drift_lab.measure import measure
+from drift_lab.measure import LOSS_CAUSES, measure
 from drift_lab.model import PRESETS, build_lab_components
 from drift_lab.rollout import chunk_first_frame
 from drift_lab.world import WorldSpec, render, sample_scene
@@ -70,6 +70,12 @@ def test_gate_command_fails_an_untrained_model(tmp_path, capsys):
     card = (folder / "MODEL_CARD.md").read_text()
     assert "## Quality gate: FAIL (1 held-out scenes)" in card and "teacher_forced_psnr" in card
     assert 0.0 <= result["no_motion"]["survival"] <= 1.0 and "no-motion reference" in card
+    # Every lost (object, frame) pair is attributed to one cause.
+    lost = result["lost_objects"]
+    assert set(lost) == set(LOSS_CAUSES)
+    pairs, gone = (sum(counts[name] for counts in lost.values()) for name in ("pairs", "lost"))
+    assert 0 < gone <= pairs and result["checks"]["survival"]["value"] < 1.0
+    assert "lost (object, frame) pairs of the free rollouts" in card
 
 
 def test_the_no_motion_reference_loses_objects_as_they_move_away():

@@ -10,9 +10,12 @@ import numpy as np
 import pytest
 
 from drift_lab.measure import (
+    LOSS_CAUSES,
     PSNR_CAP_DB,
     FrameMetrics,
+    describe_lost,
     detect,
+    lost_object_causes,
     measure,
     psnr,
     summarise,
@@ -304,3 +307,42 @@ def test_bad_frames_are_named() -> None:
         measure(frames, scene, -1)
     with pytest.raises(ValueError, match="frame"):
         detect(frames, scene)
+
+
+def test_lost_objects_are_counted_once_each_as_survival_counts_them() -> None:
+    for seed in SEEDS:
+        scene = sample_scene(seed)
+        truth, empty = render(scene, 9, 24), render_background(scene, 9, 24)
+        kept, gone = lost_object_causes(truth, scene, 9), lost_object_causes(empty, scene, 9)
+        assert set(kept) == set(LOSS_CAUSES) and all(counts["lost"] == 0 for counts in kept.values())
+        assert all(counts["lost"] == counts["pairs"] for counts in gone.values()) and kept == {
+            cause: {"pairs": counts["pairs"], "lost": 0} for cause, counts in gone.items()
+        }
+        metrics = measure(empty, scene, 9)
+        lost = np.nansum((1 - metrics.survival) * metrics.true_count)
+        assert sum(counts["lost"] for counts in gone.values()) == round(lost) == metrics.true_count.sum()
+        assert describe_lost(gone).startswith(f"{round(lost)} of {round(lost)}; by class")
+
+
+def test_a_lost_object_is_attributed_to_its_first_cause() -> None:
+    background = Background("plain", "gray", BACKGROUND_COLOURS["gray"])
+
+    def shape(colour: str, size: float, x: float, vx: float = 0.0, scale: str = "medium") -> Shape:
+        return Shape("circle", colour, OBJECT_COLOURS[colour], size, x, 32.0, vx, 0.0, scale)
+
+    def causes(*shapes: Shape) -> dict[str, int]:
+        scene = Scene(64, 64, shapes, background)
+        lost = lost_object_causes(render_background(scene, 9, 4), scene, 9)
+        return {cause: counts["lost"] for cause, counts in lost.items()}
+
+    # Two still circles 1 px apart (in contact) and a small one alone: every frame loses all three.
+    assert causes(shape("red", 6, 14), shape("blue", 6, 27), shape("green", 3, 50, scale="small")) == {
+        "after_contact": 8, "after_bounce": 0, "small": 4, "other": 0
+    }
+    # A circle that touched the border at frame 0 and moves away from it still counts as after a bounce; a
+    # medium one that never touched anything is plainly lost.
+    assert causes(shape("red", 6, 6, vx=1.0), shape("blue", 6, 40)) == {
+        "after_contact": 0, "after_bounce": 4, "small": 0, "other": 4
+    }
+    # Contact comes first: a small circle in contact with another counts as after contact, not as small.
+    assert causes(shape("red", 3, 20, scale="small"), shape("blue", 6, 30))["after_contact"] == 8
