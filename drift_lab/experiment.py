@@ -217,6 +217,7 @@ def model_record(model: LabModel) -> dict[str, Any]:
         "transformer_parameters": int(parameters),
         "default_size": list(model.bundle.default_size),
         "clip_chunks": model.clip_chunks,
+        "world": model.world.as_dict(),
         "pipeline_options": {p: model.options(p) for p in ("self_forcing", "rolling_forcing")},
         "training": training,
         "gate": model.metadata.get("gate"),  # as drift_lab.gate --record wrote it, if it did

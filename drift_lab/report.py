@@ -14,6 +14,7 @@ import datetime
 import platform
 import shlex
 import sys
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -214,6 +215,17 @@ def _gate_lines(inputs: ReportInputs) -> list[str]:
     ]
 
 
+def _motion(models: Mapping[str, Mapping[str, Any]]) -> str:
+    """How the objects of the models' worlds move (records from before ``world`` was kept: freely)."""
+    in_rows = [name for name, record in models.items() if record.get("world", {}).get("lanes")]
+    if not in_rows:
+        return "Objects move in any direction and pass over one another."
+    rows = "objects move sideways in rows of their own and never touch (`WorldSpec.lanes`)"
+    if len(in_rows) == len(models):
+        return f"The {rows}."
+    return f"In the worlds of {', '.join(in_rows)}, {rows}; in the others, objects move in any direction."
+
+
 def _methods(inputs: ReportInputs) -> list[str]:
     result = inputs.result
     config = result.config
@@ -223,7 +235,7 @@ def _methods(inputs: ReportInputs) -> list[str]:
         f"`drift_lab.world` ({DATA_VERSION}): one to three flat-coloured circles and squares bouncing elastically "
         "off the frame's walls on a plain, textured or panning background, with a caption naming what is "
         "visible. Every object's position at every frame is known in closed form, so every generated frame "
-        "can be compared with the truth.\n",
+        f"can be compared with the truth. {_motion(result.models)}\n",
         "### Models\n",
         "| model | transformer parameters | frame | training clip (chunks) | preset | seed | data version | "
         "transformer steps | final losses |",

@@ -172,7 +172,7 @@ def train_lab_model(preset: LabPreset, out: str | Path, options: RunOptions) -> 
     components = build_lab_components(preset, options.seed)
     components.vae = components.vae.to(options.device)
     vae_progress = train_vae(
-        components.vae, preset.world, preset.training, streams.rng, resolve_dtype(options.dtype), options.log_every
+        components.vae, preset.vae_world, preset.training, streams.rng, resolve_dtype(options.dtype), options.log_every
     )
     vae_record = _vae_record(preset, options, components.vae, vae_progress)
     metadata = _train_transformer(preset, options, components, streams, vae_record, None)
@@ -208,7 +208,7 @@ def _autoencoder_part(preset: LabPreset) -> dict[str, Any]:
     values = preset.as_dict()
     shared = ("grad_clip", "min_lr_ratio")
     training = {name: value for name, value in values["training"].items() if name.startswith("vae_") or name in shared}
-    return {"world": values["world"], "vae": values["vae"], "training": training}
+    return {"world": preset.vae_world.as_dict(), "vae": values["vae"], "training": training}
 
 
 def _identity(stage: str, options: RunOptions, **parts: Any) -> dict[str, Any]:
@@ -229,8 +229,9 @@ def _vae_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[str, A
         (out / TRAINING_FILE).write_text(json.dumps(records[-1], indent=2) + "\n")
 
     checkpointing.after_save = snapshot
+    dtype = resolve_dtype(options.dtype)
     progress = train_vae(
-        vae, preset.world, preset.training, streams.rng, resolve_dtype(options.dtype), options.log_every, checkpointing
+        vae, preset.vae_world, preset.training, streams.rng, dtype, options.log_every, checkpointing
     )
     # A resumed run that had already finished writes nothing: its folder is already complete.
     return records[-1] if records else _vae_record(preset, options, vae, progress)
@@ -279,7 +280,7 @@ def _decoder_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[st
     checkpointing.after_save = snapshot
     progress = train_decoder(
         vae,
-        preset.world,
+        preset.vae_world,
         preset.training,
         clip_frames,
         streams.rng,
@@ -299,7 +300,7 @@ def _vae_record(preset: LabPreset, options: RunOptions, vae: AutoencoderKLWan, p
         "seed": options.seed,
         "preset": preset.as_dict(),
         "data_version": DATA_VERSION,
-        "world": preset.as_dict()["world"],
+        "world": preset.vae_world.as_dict(),
         "clip_chunks": preset.training.clip_chunks,
         "vae_steps": preset.training.vae_steps,
         "steps_done": progress.done,
@@ -330,10 +331,11 @@ def load_vae_stage(
         )
     if record["data_version"] != DATA_VERSION:
         raise ValueError(f"{folder} was trained on world {record['data_version']}; this lab renders {DATA_VERSION}")
+    if record["world"] != preset.vae_world.as_dict():
+        raise ValueError(f"{folder} was trained on another world than preset {preset.name}'s autoencoder world")
     recorded = record["preset"]
-    for part in ("world", "vae"):
-        if recorded[part] != preset.as_dict()[part]:
-            raise ValueError(f"{folder} was trained with another {part} than preset {preset.name}'s")
+    if recorded["vae"] != preset.as_dict()["vae"]:
+        raise ValueError(f"{folder} was trained with another vae than preset {preset.name}'s")
     vae = AutoencoderKLWan.from_pretrained(folder / VAE_FOLDER).eval().requires_grad_(False)
     trained_with = {name: value for name, value in recorded["training"].items() if name.startswith("vae_")}
     return vae, record, preset.with_training(**trained_with)

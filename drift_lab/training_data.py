@@ -6,7 +6,6 @@ run is reproducible and no evaluated scene is ever trained on. Clips start at wo
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import json
 import sys
@@ -166,7 +165,7 @@ def _encode_clips(
 
 def _pool_key(vae: AutoencoderKLWan, world: WorldSpec, seeds: list[int], frames: int) -> str:
     """SHA-256 of what an encoded pool depends on."""
-    digest = hashlib.sha256(json.dumps([DATA_VERSION, dataclasses.asdict(world), seeds, frames]).encode())
+    digest = hashlib.sha256(json.dumps([DATA_VERSION, world.as_dict(), seeds, frames]).encode())
     for name, tensor in sorted(vae.state_dict().items()):
         digest.update(name.encode())
         digest.update(tensor.detach().float().cpu().contiguous().numpy().tobytes())

@@ -13,9 +13,11 @@ centroid is ``(x, y)`` up to rasterisation.
 
 from __future__ import annotations
 
+import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
 
@@ -64,6 +66,9 @@ TEXTURE_AMPLITUDE_RANGE = (8.0, 16.0)
 
 # Objects start at least this many pixels apart, so every object is fully visible at frame 0.
 START_GAP_PX = 2.0
+# Rows of a world with lanes are this many pixels apart: more than twice measure.CONTACT_GAP_PX, so that no two
+# objects ever count as in contact.
+LANE_GAP_PX = 5.0
 PLACEMENT_ATTEMPTS = 1000
 # Captions are at most this many words: the text encoder's length in the lab presets is budgeted on it.
 MAX_CAPTION_WORDS = 24
@@ -87,6 +92,11 @@ class WorldSpec:
     """Object speed, px per frame (the direction is uniform)."""
     pan_speed_range: tuple[float, float] = (0.25, 1.0)
     """Speed of a panning background, px per frame."""
+    lanes: bool = False
+    """Each object moves horizontally in a row of its own, the rows LANE_GAP_PX apart, so objects never touch
+    or hide one another (a speed from ``speed_range``, leftwards or rightwards); otherwise objects move in any
+    direction and pass over one another. Rows exist because the CPU lab's transformers could not learn
+    occlusion (issue #15: after two objects overlapped, one of them was lost in a quarter of the frames)."""
 
     def __post_init__(self) -> None:
         # Specs come back from JSON (training metadata) with lists: store tuples so specs compare and hash.
@@ -126,6 +136,21 @@ class WorldSpec:
                 f"WorldSpec.size_range upper bound {largest} is too large for {self.max_objects} objects in a "
                 f"{self.height}x{self.width} frame"
             )
+        if not isinstance(self.lanes, bool):
+            raise ValueError(f"WorldSpec.lanes must be a bool, got {self.lanes!r}")
+        if self.lanes and self.max_objects * 2 * largest + (self.max_objects - 1) * LANE_GAP_PX > self.height:
+            raise ValueError(
+                f"WorldSpec.size_range upper bound {largest} is too large for {self.max_objects} rows of objects "
+                f"{LANE_GAP_PX:g} px apart in a frame {self.height} px high (lanes)"
+            )
+
+    def as_dict(self) -> dict[str, Any]:
+        """JSON-ready values, for training records and pool keys. ``lanes`` is written only when set: records
+        of world-v1 (models, checkpoints, encoded pools) predate it and must still name the same world."""
+        values = json.loads(json.dumps(asdict(self)))
+        if not self.lanes:
+            del values["lanes"]
+        return values
 
 
 def _check_range(name: str, value: tuple[float, float], minimum: float) -> None:
@@ -287,12 +312,17 @@ def _sample_background(rng: np.random.Generator, spec: WorldSpec) -> Background:
     )
 
 
-def _sample_shape(rng: np.random.Generator, spec: WorldSpec, colour: str, placed: list[Shape], seed: int) -> Shape:
+def _sample_look(rng: np.random.Generator, spec: WorldSpec) -> tuple[str, str, float]:
+    """An object's kind, size class and size."""
     kind = str(rng.choice(SHAPE_KINDS))
     scale = str(rng.choice(list(SIZE_CLASSES)))
     low, high = SIZE_CLASSES[scale]
     size_low, size_high = spec.size_range
-    size = float(size_low + (size_high - size_low) * rng.uniform(low, high))
+    return kind, scale, float(size_low + (size_high - size_low) * rng.uniform(low, high))
+
+
+def _sample_shape(rng: np.random.Generator, spec: WorldSpec, colour: str, placed: list[Shape], seed: int) -> Shape:
+    kind, scale, size = _sample_look(rng, spec)
     speed, angle = rng.uniform(*spec.speed_range), rng.uniform(0.0, 2 * math.pi)
     vx, vy = float(speed * math.cos(angle)), float(speed * math.sin(angle))
     for _ in range(PLACEMENT_ATTEMPTS):
@@ -305,6 +335,27 @@ def _sample_shape(rng: np.random.Generator, spec: WorldSpec, colour: str, placed
                        f"reduce WorldSpec.size_range or WorldSpec.max_objects")
 
 
+def _sample_rows(rng: np.random.Generator, spec: WorldSpec, colours: list[str]) -> list[Shape]:
+    """Objects in rows (``WorldSpec.lanes``): the rows stacked in a random order, the height they leave free
+    shared out at random above, between and below them."""
+    looks = [_sample_look(rng, spec) for _ in colours]
+    order = rng.permutation(len(colours))
+    free = spec.height - sum(2 * size for _, _, size in looks) - (len(colours) - 1) * LANE_GAP_PX
+    spaces = free * rng.dirichlet(np.ones(len(colours) + 1))
+    top = float(spaces[0])
+    centres = [0.0] * len(colours)
+    for row, index in enumerate(order):
+        size = looks[index][2]
+        centres[index] = top + size
+        top += 2 * size + LANE_GAP_PX + float(spaces[row + 1])
+    shapes = []
+    for colour, (kind, scale, size), y in zip(colours, looks, centres, strict=True):
+        velocity = float(rng.uniform(*spec.speed_range) * rng.choice((-1.0, 1.0)))
+        x = float(rng.uniform(size, spec.width - size))
+        shapes.append(Shape(kind, colour, OBJECT_COLOURS[colour], size, x, y, velocity, 0.0, scale))
+    return shapes
+
+
 def sample_scene(seed: int, spec: WorldSpec = WorldSpec()) -> Scene:
     """A random scene, a pure function of ``seed`` and ``spec`` (its own generator, never the global one)."""
     if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
@@ -313,9 +364,12 @@ def sample_scene(seed: int, spec: WorldSpec = WorldSpec()) -> Scene:
     count = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     background = _sample_background(rng, spec)
     colours = [str(c) for c in rng.choice(list(OBJECT_COLOURS), size=count, replace=False)]
-    shapes: list[Shape] = []
-    for colour in colours:
-        shapes.append(_sample_shape(rng, spec, colour, shapes, seed))
+    if spec.lanes:
+        shapes = _sample_rows(rng, spec, colours)
+    else:
+        shapes = []
+        for colour in colours:
+            shapes.append(_sample_shape(rng, spec, colour, shapes, seed))
     return Scene(spec.height, spec.width, tuple(shapes), background, caption_for(shapes, background))
 
 

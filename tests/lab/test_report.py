@@ -13,7 +13,7 @@ import torch
 from drift_lab.analysis import arm_row, arm_rows, conclusions, describe_interval
 from drift_lab.arms import arm_names
 from drift_lab.experiment import METRICS, ExperimentConfig, RolloutSummary, run_experiment, shards
-from drift_lab.report import TRAINING_GUIDE, main
+from drift_lab.report import TRAINING_GUIDE, _motion, main
 from drift_lab.statistics import Interval
 from lab.lab_support import random_lab_folder
 
@@ -166,3 +166,12 @@ def test_jobs_split_the_grid_without_changing_a_rollout(tmp_path):
     assert split.examples.keys() == alone.examples.keys()
     with pytest.raises(ValueError, match="'first' appears twice"):
         ExperimentConfig(models=(folders[0], folders[0] + "/"))
+
+
+def test_the_world_paragraph_says_how_each_models_objects_move():
+    assert _motion({"old": {}, "free": {"world": {"lanes": False}}}) == (
+        "Objects move in any direction and pass over one another."
+    )
+    assert _motion({"a": {"world": {"lanes": True}}}).startswith("The objects move sideways in rows")
+    mixed = _motion({"a": {"world": {"lanes": True}}, "b": {"world": {}}})
+    assert mixed.startswith("In the worlds of a, objects move sideways") and "in the others" in mixed

@@ -518,6 +518,29 @@ def test_the_larger_presets_share_the_wide_models_autoencoder_and_pool(
     assert low <= sum(p.numel() for p in transformer.parameters()) <= high
 
 
+@pytest.mark.parametrize(("name", "base"), [("cpu-wide-lanes", "cpu-wide"), ("cpu-deep-lanes", "cpu-deep")])
+def test_the_lanes_presets_train_on_the_free_worlds_autoencoder(name: str, base: str) -> None:
+    lanes, free = PRESETS[name], PRESETS[base]
+    assert lanes.world.lanes and lanes.autoencoder_world == free.world == free.vae_world
+    assert (lanes.transformer, lanes.vae, lanes.text_encoder) == (free.transformer, free.vae, free.text_encoder)
+    assert lanes.as_dict()["autoencoder_world"] == free.world.as_dict()
+    # Presets from before autoencoder_world and lanes keep the records they wrote.
+    assert "autoencoder_world" not in free.as_dict() and "lanes" not in free.as_dict()["world"]
+
+
+def test_a_lanes_model_trains_on_the_autoencoder_of_its_free_world(vae_stage, tmp_path: Path) -> None:
+    vae_folder, _ = vae_stage
+    lanes_world = dataclasses.replace(MICRO.world, lanes=True, max_objects=2)
+    preset = dataclasses.replace(MICRO, name="micro-lanes", world=lanes_world, autoencoder_world=MICRO.world)
+    options = RunOptions(seed=4, steps=2, log_every=10, stage="transformer", vae_from=vae_folder)
+    record = train_lab_model(preset, tmp_path / "lanes", options)
+    assert record["finished"] and record["world"]["lanes"] is True
+    assert load_lab_model(tmp_path / "lanes").world == lanes_world
+    # Without autoencoder_world the preset's autoencoder must have trained on the lanes world itself.
+    with pytest.raises(ValueError, match="another world"):
+        train_lab_model(dataclasses.replace(preset, autoencoder_world=None), tmp_path / "refused", options)
+
+
 def test_a_cached_pool_is_reused_only_for_the_same_clips(tmp_path: Path, monkeypatch) -> None:
     components = build_lab_components(MICRO, seed=2)
     encoder = components.prompt_encoder()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import math
 import time
@@ -10,6 +11,7 @@ from dataclasses import asdict, replace
 import numpy as np
 import pytest
 
+from drift_lab.measure import CONTACT_GAP_PX
 from drift_lab.world import (
     BACKGROUND_KINDS,
     MAX_CAPTION_WORDS,
@@ -242,6 +244,9 @@ def test_render_shapes_and_speed(size: tuple[int, int]) -> None:
         ({"size_range": (4.0, 20.0)}, "size_range"),
         ({"speed_range": (-1.0, 1.0)}, "speed_range"),
         ({"pan_speed_range": (0.5, math.nan)}, "pan_speed_range"),
+        ({"lanes": 1}, "lanes"),
+        # Three rows of 20-px objects do not fit a 64-px frame.
+        ({"lanes": True}, "size_range"),
     ],
 )
 def test_spec_validation_names_the_field(kwargs: dict, field: str) -> None:
@@ -272,3 +277,41 @@ def test_bad_arguments_name_the_argument() -> None:
         Shape("triangle", "red", (215, 35, 45), 5.0, 10.0, 10.0, 0.0, 0.0)
     with pytest.raises(ValueError, match="pan"):
         Background("texture", "gray", (128, 128, 128), 10.0, ((1, 1, 0.0),), pan=(1.0, 0.0))
+
+
+LANES = WorldSpec(lanes=True, size_range=(4.0, 8.0))
+
+
+@pytest.mark.parametrize("seed", range(60))
+def test_objects_in_lanes_never_touch(seed: int) -> None:
+    scene = sample_scene(seed, LANES)
+    assert all(shape.vy == 0.0 and LANES.speed_range[0] <= abs(shape.vx) <= LANES.speed_range[1]
+               for shape in scene.shapes)  # fmt: skip
+    masks = shape_masks(scene, 0, 400)
+    # Grown by the contact gap, no two objects' pixels ever meet: nothing the lab counts as contact happens.
+    grown = np.zeros_like(masks)
+    reach = CONTACT_GAP_PX
+    for dy, dx in itertools.product(range(-reach, reach + 1), repeat=2):
+        grown |= np.roll(masks, (dy, dx), axis=(2, 3))
+    for a, b in itertools.combinations(range(len(scene.shapes)), 2):
+        assert not (grown[a] & masks[b]).any()
+    assert masks.any(axis=(2, 3)).all()  # every object stays in the frame
+
+
+def test_lanes_follow_the_spec_and_use_the_whole_height() -> None:
+    scenes = [sample_scene(seed, LANES) for seed in range(300)]
+    assert {len(scene.shapes) for scene in scenes} == {1, 2, 3}
+    tops = [min(s.y - s.size for s in scene.shapes) for scene in scenes]
+    bottoms = [max(s.y + s.size for s in scene.shapes) for scene in scenes]
+    assert min(tops) >= 0 and max(bottoms) <= LANES.height
+    # The free height is shared out at random: rows start near the top and near the bottom.
+    assert min(tops) < 2 and max(bottoms) > LANES.height - 2
+    assert {scene.shapes[0].vx > 0 for scene in scenes} == {True, False}
+
+
+def test_lanes_are_written_only_when_set() -> None:
+    # Records of world-v1 (models, checkpoints, pool keys) predate lanes and must name the same world.
+    assert "lanes" not in WorldSpec().as_dict() and WorldSpec().as_dict()["size_range"] == [4.0, 10.0]
+    values = LANES.as_dict()
+    assert values["lanes"] is True
+    assert WorldSpec(**json.loads(json.dumps(values))) == LANES
