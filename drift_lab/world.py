@@ -1,5 +1,6 @@
 """The lab's procedural world: flat-coloured circles and squares bouncing on plain, textured or panning
-backgrounds, with the truth (every object's position at every frame) known in closed form.
+backgrounds, with the truth (every object's position at every frame) known in closed form. Objects move in any
+direction and pass over one another, or, in a world with ``lanes``, sideways in rows of their own.
 
 A video model trained on this world can only drift in ways the measurements in ``drift_lab.measure`` see:
 objects fading, changing colour, duplicating or wandering off their true path, and the background gaining

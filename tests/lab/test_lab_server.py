@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -14,13 +15,15 @@ from tokentrim_server.loading.model import ModelSpec, load_model
 
 WEIGHTS = Path(__file__).resolve().parents[2] / "drift_lab" / "weights"
 COMMITTED = sorted(folder for folder in WEIGHTS.glob("*") if (folder / "model_index.json").is_file())
+# A model that passes the lab's quality gate (drift_lab/weights/README.md).
+PASSING = WEIGHTS / "cpu-wide-lanes-seed0"
 
 
 def test_lab_models_are_committed() -> None:
     assert COMMITTED, f"no lab model folders under {WEIGHTS}"
 
 
-@pytest.mark.parametrize("folder", COMMITTED[:1], ids=lambda folder: folder.name)
+@pytest.mark.parametrize("folder", [*COMMITTED[:1], PASSING], ids=lambda folder: folder.name)
 def test_lab_model_streams_through_the_server(folder: Path) -> None:
     bundle = load_model(ModelSpec(model=str(folder)))
     height, width = bundle.default_size
@@ -43,3 +46,10 @@ def test_lab_model_streams_through_the_server(folder: Path) -> None:
     assert frames.shape == (33, height, width, 3)
     assert [chunk.index for chunk in result.chunks] == [0, 1, 2]
     assert all(chunk.report["policy"] == "tokentrim" for chunk in result.chunks)
+
+
+def test_the_passing_model_records_a_passing_gate() -> None:
+    # Written by `python -m drift_lab.gate FOLDER --record` on the finished model, thresholds unchanged.
+    record = json.loads((PASSING / "training.json").read_text())
+    assert record["finished"] and record["gate"]["pass"] and record["gate"]["seeds"] >= 8
+    assert record["world"]["lanes"] is True
