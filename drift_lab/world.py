@@ -277,6 +277,71 @@ def caption_for(shapes: Sequence[Shape], background: Background) -> str:
     return caption
 
 
+@dataclass(frozen=True)
+class Look:
+    """What a caption says of one object: its colour, kind and size class."""
+
+    colour: str
+    kind: str
+    scale: str = "medium"
+
+
+@dataclass(frozen=True)
+class CaptionContent:
+    """What a caption names: the objects in order and the background (kind as in ``BACKGROUND_KINDS``)."""
+
+    objects: tuple[Look, ...]
+    background_kind: str
+    background_colour: str
+
+
+_SETTINGS: dict[tuple[str, ...], str] = {
+    ("on", "a", "plain"): "plain",
+    ("on", "a", "textured"): "texture",
+    ("over", "a", "panning", "textured"): "panning",
+}
+
+
+def parse_caption(caption: str) -> CaptionContent:
+    """The content of a caption in the world's grammar (what :func:`caption_for` writes; case and spacing are
+    free), e.g. "a red circle and a small blue square bouncing on a plain gray background". Raises
+    ``ValueError`` saying which word breaks the grammar."""
+    words = caption.lower().split()
+    if MOTION_WORD not in words:
+        raise ValueError(f"caption must read '<objects> {MOTION_WORD} <background>'; no {MOTION_WORD!r} in {caption!r}")
+    split = words.index(MOTION_WORD)
+    objects = [_parse_object(phrase.split(), caption) for phrase in " ".join(words[:split]).split(" and ")]
+    colours = [look.colour for look in objects]
+    if len(set(colours)) != len(colours):
+        raise ValueError(f"caption names a colour twice (every object has its own colour): {caption!r}")
+    if len(objects) > MAX_OBJECTS:
+        raise ValueError(f"caption names {len(objects)} objects, more than {MAX_OBJECTS}: {caption!r}")
+    setting = words[split + 1:]
+    for lead, kind in _SETTINGS.items():
+        # The lead words, one colour word, "background".
+        colour = setting[len(lead)] if len(setting) == len(lead) + 2 else None
+        if tuple(setting[: len(lead)]) == lead and colour in BACKGROUND_COLOURS and setting[-1] == "background":
+            return CaptionContent(tuple(objects), kind, colour)
+    raise ValueError(
+        f"caption must end 'on a plain|textured <colour> background' or 'over a panning textured <colour> "
+        f"background' with a colour among {', '.join(BACKGROUND_COLOURS)}: {caption!r}"
+    )
+
+
+def _parse_object(words: list[str], caption: str) -> Look:
+    """``a|an [small|large] <colour> <circle|square>``."""
+    sizes = {word: scale for scale, word in SIZE_WORDS.items() if word}
+    if len(words) in (3, 4) and words[0] in ("a", "an"):
+        scale = sizes.get(words[1], "") if len(words) == 4 else "medium"
+        colour, kind = words[-2:]
+        if scale and colour in OBJECT_COLOURS and kind in SHAPE_KINDS:
+            return Look(colour, kind, scale)
+    raise ValueError(
+        f"caption object {' '.join(words)!r} must read 'a [small|large] <colour> <circle|square>' with a colour "
+        f"among {', '.join(OBJECT_COLOURS)}: {caption!r}"
+    )
+
+
 def _separated(a: Shape, b: Shape, gap: float) -> bool:
     """Whether two shapes at frame 0 are at least ``gap`` px apart (exact for circles and axis-aligned squares)."""
     dx, dy = abs(a.x - b.x), abs(a.y - b.y)
@@ -291,9 +356,13 @@ def _separated(a: Shape, b: Shape, gap: float) -> bool:
     return math.hypot(outside_x, outside_y) >= circle.size + gap
 
 
-def _sample_background(rng: np.random.Generator, spec: WorldSpec) -> Background:
-    kind = str(rng.choice(spec.backgrounds))
-    colour = str(rng.choice(list(BACKGROUND_COLOURS)))
+def _sample_background(rng: np.random.Generator, spec: WorldSpec, named: tuple[str, str] | None = None) -> Background:
+    """A background; ``named`` (kind, colour), a caption's, fixes those two instead of drawing them."""
+    if named is None:
+        kind = str(rng.choice(spec.backgrounds))
+        colour = str(rng.choice(list(BACKGROUND_COLOURS)))
+    else:
+        kind, colour = named
     if kind == "plain":
         return Background(kind=kind, colour=colour, rgb=BACKGROUND_COLOURS[colour])
     waves = []
@@ -313,17 +382,22 @@ def _sample_background(rng: np.random.Generator, spec: WorldSpec) -> Background:
     )
 
 
-def _sample_look(rng: np.random.Generator, spec: WorldSpec) -> tuple[str, str, float]:
-    """An object's kind, size class and size."""
-    kind = str(rng.choice(SHAPE_KINDS))
-    scale = str(rng.choice(list(SIZE_CLASSES)))
+def _sample_look(rng: np.random.Generator, spec: WorldSpec, named: Look | None = None) -> tuple[str, str, float]:
+    """An object's kind, size class and size; ``named``, a caption's, fixes the kind and size class."""
+    if named is None:
+        kind = str(rng.choice(SHAPE_KINDS))
+        scale = str(rng.choice(list(SIZE_CLASSES)))
+    else:
+        kind, scale = named.kind, named.scale
     low, high = SIZE_CLASSES[scale]
     size_low, size_high = spec.size_range
     return kind, scale, float(size_low + (size_high - size_low) * rng.uniform(low, high))
 
 
-def _sample_shape(rng: np.random.Generator, spec: WorldSpec, colour: str, placed: list[Shape], seed: int) -> Shape:
-    kind, scale, size = _sample_look(rng, spec)
+def _sample_shape(
+    rng: np.random.Generator, spec: WorldSpec, colour: str, placed: list[Shape], seed: int, named: Look | None = None
+) -> Shape:
+    kind, scale, size = _sample_look(rng, spec, named)
     speed, angle = rng.uniform(*spec.speed_range), rng.uniform(0.0, 2 * math.pi)
     vx, vy = float(speed * math.cos(angle)), float(speed * math.sin(angle))
     for _ in range(PLACEMENT_ATTEMPTS):
@@ -336,10 +410,12 @@ def _sample_shape(rng: np.random.Generator, spec: WorldSpec, colour: str, placed
                        f"reduce WorldSpec.size_range or WorldSpec.max_objects")
 
 
-def _sample_rows(rng: np.random.Generator, spec: WorldSpec, colours: list[str]) -> list[Shape]:
+def _sample_rows(
+    rng: np.random.Generator, spec: WorldSpec, colours: list[str], named: Sequence[Look | None] | None = None
+) -> list[Shape]:
     """Objects in rows (``WorldSpec.lanes``): the rows stacked in a random order, the height they leave free
     shared out at random above, between and below them."""
-    looks = [_sample_look(rng, spec) for _ in colours]
+    looks = [_sample_look(rng, spec, look) for look in (named or [None] * len(colours))]
     order = rng.permutation(len(colours))
     free = spec.height - sum(2 * size for _, _, size in looks) - (len(colours) - 1) * LANE_GAP_PX
     spaces = free * rng.dirichlet(np.ones(len(colours) + 1))
@@ -365,13 +441,45 @@ def sample_scene(seed: int, spec: WorldSpec = WorldSpec()) -> Scene:
     count = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     background = _sample_background(rng, spec)
     colours = [str(c) for c in rng.choice(list(OBJECT_COLOURS), size=count, replace=False)]
+    return _placed_scene(rng, spec, seed, background, colours, [None] * count)
+
+
+def _placed_scene(
+    rng: np.random.Generator,
+    spec: WorldSpec,
+    seed: int,
+    background: Background,
+    colours: list[str],
+    looks: Sequence[Look | None],
+) -> Scene:
+    """The scene of these objects (a ``None`` look is drawn), placed and set moving as ``spec`` says."""
     if spec.lanes:
-        shapes = _sample_rows(rng, spec, colours)
+        shapes = _sample_rows(rng, spec, colours, looks)
     else:
         shapes = []
-        for colour in colours:
-            shapes.append(_sample_shape(rng, spec, colour, shapes, seed))
+        for colour, look in zip(colours, looks, strict=True):
+            shapes.append(_sample_shape(rng, spec, colour, shapes, seed, look))
     return Scene(spec.height, spec.width, tuple(shapes), background, caption_for(shapes, background))
+
+
+def scene_from_caption(caption: str, seed: int, spec: WorldSpec = WorldSpec()) -> Scene:
+    """A scene showing what ``caption`` names (see :func:`parse_caption`), with everything the caption leaves
+    open (sizes within their class, positions, velocities, texture) drawn from ``seed`` as ``sample_scene``
+    draws it; its caption is ``caption`` in the world's canonical spelling. Raises ``ValueError`` naming what
+    the caption asks that ``spec`` cannot show."""
+    if not isinstance(seed, int | np.integer) or isinstance(seed, bool) or seed < 0:
+        raise ValueError(f"scene_from_caption: seed must be an int >= 0, got {seed!r}")
+    content = parse_caption(caption)
+    if not spec.min_objects <= len(content.objects) <= spec.max_objects:
+        raise ValueError(f"caption names {len(content.objects)} objects; this world shows "
+                         f"{spec.min_objects} to {spec.max_objects}: {caption!r}")
+    if content.background_kind not in spec.backgrounds:
+        raise ValueError(f"caption names a {content.background_kind} background; this world has only "
+                         f"{', '.join(spec.backgrounds)} backgrounds: {caption!r}")
+    rng = np.random.default_rng(int(seed))
+    background = _sample_background(rng, spec, (content.background_kind, content.background_colour))
+    colours = [look.colour for look in content.objects]
+    return _placed_scene(rng, spec, int(seed), background, colours, content.objects)
 
 
 def _reflect(start: float, velocity: float, low: float, high: float, frames: np.ndarray) -> np.ndarray:

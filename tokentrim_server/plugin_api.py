@@ -32,6 +32,8 @@ class SessionInfo:
     sink_frames: int
     latent_shape: tuple[int, int, int]  # [C, H, W]
     patch_size: tuple[int, int, int]
+    prompt: str = ""  # the prompt the session opened with ("" where none was given, e.g. replayed embeddings)
+    model: str = ""  # the served model: its folder as the server was given it, or "tiny" ("" where unknown)
 
 
 _TYPE_NAMES = {bool: "bool", int: "int", float: "float", str: "str"}

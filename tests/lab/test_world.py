@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 import time
 from dataclasses import asdict, replace
 
@@ -14,16 +15,20 @@ from drift_lab.measure import lost_object_causes
 from drift_lab.world import (
     BACKGROUND_KINDS,
     MAX_CAPTION_WORDS,
+    SIZE_CLASSES,
     VOCABULARY,
     Background,
+    Look,
     ObjectState,
     Scene,
     Shape,
     WorldSpec,
     object_states,
+    parse_caption,
     render,
     render_background,
     sample_scene,
+    scene_from_caption,
     shape_masks,
 )
 
@@ -310,3 +315,55 @@ def test_lanes_are_written_only_when_set() -> None:
     values = LANES.as_dict()
     assert values["lanes"] is True
     assert WorldSpec(**json.loads(json.dumps(values))) == LANES
+
+
+@pytest.mark.parametrize("spec", [WorldSpec(), LANES], ids=["free", "lanes"])
+def test_a_scene_from_a_caption_shows_what_it_names(spec: WorldSpec) -> None:
+    for seed in range(200):
+        caption = sample_scene(seed, spec).caption
+        scene = scene_from_caption(caption.upper().replace(" ", "  "), seed + 1, spec)  # case and spacing are free
+        assert scene.caption == caption
+        # Sizes within their class, placed as the world places objects (apart, or in rows).
+        for shape in scene.shapes:
+            low, high = SIZE_CLASSES[shape.scale]
+            span = spec.size_range[1] - spec.size_range[0]
+            assert spec.size_range[0] + low * span <= shape.size <= spec.size_range[0] + high * span
+        if spec.lanes:
+            assert all(shape.vy == 0.0 for shape in scene.shapes)
+        # What the caption leaves open is drawn from the seed.
+        assert scene_from_caption(caption, seed + 1, spec) == scene != scene_from_caption(caption, seed + 2, spec)
+
+
+def test_parse_caption_reads_the_grammar() -> None:
+    content = parse_caption("a red circle and a small blue square bouncing over a panning textured slate background")
+    assert content.objects == (Look("red", "circle"), Look("blue", "square", "small"))
+    assert (content.background_kind, content.background_colour) == ("panning", "slate")
+    assert parse_caption("an orange square bouncing on a textured beige background").background_kind == "texture"
+
+
+@pytest.mark.parametrize(
+    ("caption", "named"),
+    [
+        ("a red circle", "bouncing"),
+        ("a purple circle bouncing on a plain gray background", "'a purple circle'"),
+        ("a medium red circle bouncing on a plain gray background", "'a medium red circle'"),
+        ("a red circle and a red square bouncing on a plain gray background", "colour twice"),
+        ("a red circle bouncing on a plain gray backdrop", "<colour> background"),
+        ("a red circle bouncing on a plain pink background", "gray, brown, beige, slate"),
+        ("bouncing on a plain gray background", "must read 'a [small|large]"),
+        ("a red circle and a blue circle and a green circle and a cyan circle bouncing on a plain gray background",
+         "more than 3"),
+    ],
+)
+def test_a_caption_outside_the_grammar_is_refused_naming_the_word(caption: str, named: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(named)):
+        parse_caption(caption)
+
+
+def test_a_caption_the_world_cannot_show_is_refused() -> None:
+    plain_only = WorldSpec(backgrounds=("plain",), max_objects=2)
+    with pytest.raises(ValueError, match="only plain backgrounds"):
+        scene_from_caption("a red circle bouncing on a textured gray background", 0, plain_only)
+    with pytest.raises(ValueError, match="names 3 objects; this world shows 1 to 2"):
+        scene_from_caption("a red circle and a blue circle and a cyan square bouncing on a plain gray background",
+                           0, plain_only)

@@ -81,7 +81,9 @@ class GenerationSession:
         pipeline = PIPELINES[plan.pipeline](model, plan.options)
         latent_shape = bundle.latent_shape(plan.height, plan.width)
         stream = pipeline.open(self._embed(plan.prompt), latent_shape, SeededNoise(plan.seed), plan.chunks)
-        self.runner = open_runner(stream, plan.policy, plan.seed, plan.hooks)
+        self.runner = open_runner(
+            stream, plan.policy, plan.seed, plan.hooks, prompt=plan.prompt, model=bundle.name
+        )
         self.decoder = StreamingVaeDecoder(bundle.vae) if plan.decode else None
         self._decode_call: Callable[[DecodeCall], torch.Tensor] = _decode_alone  # batched by render_job
         self.render_stream = RenderStream(model.device)

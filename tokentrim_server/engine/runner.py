@@ -68,6 +68,9 @@ class PolicyRunner:
         policy: CachePolicy,
         seed: int | None = None,
         hooks: Sequence[SessionHook] = (),
+        *,
+        prompt: str = "",
+        model: str = "",
     ) -> None:
         self.stream = stream
         self.policy = policy
@@ -88,6 +91,8 @@ class PolicyRunner:
             sink_frames=stream.cache.sink_frames,
             latent_shape=tuple(stream.block_shape[2:]),
             patch_size=stream.model.patch_size,
+            prompt=prompt,
+            model=model,
         )
         self._check_stage(policy.stage)
         self._check_hooks()
@@ -308,7 +313,14 @@ class PolicyRunner:
 
 
 def open_runner(
-    stream: StreamBase, policy: CachePolicy, seed: int | None = None, hooks: Sequence[SessionHook] = ()
+    stream: StreamBase,
+    policy: CachePolicy,
+    seed: int | None = None,
+    hooks: Sequence[SessionHook] = (),
+    *,
+    prompt: str = "",
+    model: str = "",
 ) -> PolicyRunner:
-    """Run ``stream`` under ``policy``; ``hooks`` take part in the first chunk (where the pipeline allows)."""
-    return PolicyRunner(stream, policy, seed, hooks)
+    """Run ``stream`` under ``policy``; ``hooks`` take part in the first chunk (where the pipeline allows).
+    ``prompt`` and ``model`` are what plugins are told of the session (:class:`SessionInfo`)."""
+    return PolicyRunner(stream, policy, seed, hooks, prompt=prompt, model=model)
