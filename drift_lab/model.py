@@ -78,6 +78,9 @@ class TrainingConfig:
     (textures, pans) takes most of a small model's capacity."""
     context_noise_aug: float = 0.0
     """Upper bound (1000 scale) of the random timestep the clean context is noised to while training."""
+    switch_clips: int = 0
+    """Clips with a prompt switch added to the transformer's pool (``drift_lab.training_data``: at a chunk
+    boundary some objects change colour and the caption with them), so that the model follows a switch."""
     denoising_steps: tuple[int, ...] = (1000, 750, 500, 250)
     """The few-step schedule the transformer is trained at and sampled with (read off the grid shifted by
     ``timestep_shift``, as the pipelines' ``warp_denoising_step`` does). The default is Self Forcing's."""
@@ -89,6 +92,12 @@ class TrainingConfig:
 
     def validate(self) -> None:
         positive = ("vae_steps", "vae_batch", "steps", "batch", "clip_chunks", "pool_clips")
+        if not isinstance(self.switch_clips, int) or self.switch_clips < 0:
+            raise ValueError(f"training.switch_clips must be an int >= 0; got {self.switch_clips!r}")
+        if self.switch_clips and self.clip_chunks < 2:
+            raise ValueError(
+                f"training.switch_clips needs clip_chunks >= 2 (a switch between chunks); got {self.clip_chunks}"
+            )
         for name in positive:
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
                 raise ValueError(f"training.{name} must be an int >= 1; got {getattr(self, name)!r}")
@@ -363,6 +372,22 @@ CPU_WIDE_LANES_PRESET = dataclasses.replace(
     training=dataclasses.replace(CPU_WIDE_PRESET.training, object_weight=4.0),
 )
 
+# `cpu-wide-lanes` keeps the objects it shows when a prompt switch renames their colours: no clip of the world
+# ever changes its caption. `cpu-wide-lanes-switch` fine-tunes
+# it (`--init-from`) on its own pool plus 2,048 clips in which, at a chunk boundary, some objects take other
+# colours and the caption changes with them, trained as the server switches (block_causal recache).
+CPU_WIDE_LANES_SWITCH_PRESET = CPU_WIDE_LANES_PRESET.tuned(
+    "cpu-wide-lanes-switch", steps=4_000, lr=3e-4, warmup_steps=100, switch_clips=2_048
+)
+
+# The decoder of `cpu-vae-long` (stage 1b on 33-frame clips) drifts once its causal context no longer holds the
+# clip's first latent frame: a plain gray background reconstructs as slate-blue from frame ~33 on, beige as a
+# browner beige, even from exact latents. `cpu-stream-decoder` continues that decoder (`--stage decoder
+# --vae-from drift_lab/weights/cpu-vae-long`) on 8-chunk clips of 93 frames, the length `make demo` streams.
+CPU_STREAM_DECODER_PRESET = CPU_WIDE_LANES_PRESET.tuned(
+    "cpu-stream-decoder", clip_chunks=8, decoder_steps=600, decoder_lr=3e-4
+)
+
 PRESETS: dict[str, LabPreset] = {
     # Tests and quick checks: 32x32 frames (4 tokens per latent frame), trains in seconds.
     "micro": LabPreset(
@@ -383,6 +408,8 @@ PRESETS: dict[str, LabPreset] = {
     "cpu-deep": CPU_DEEP_PRESET,
     "cpu-wide-lanes": CPU_WIDE_LANES_PRESET,
     "cpu-deep-lanes": CPU_DEEP_LANES_PRESET,
+    "cpu-wide-lanes-switch": CPU_WIDE_LANES_SWITCH_PRESET,
+    "cpu-stream-decoder": CPU_STREAM_DECODER_PRESET,
     # A fine-tune of a trained `cpu-wide` model (`--init-from`, same pool), with object cells weighted 4x in the
     # x0 loss, so that the background (textures, pans) takes less of the capacity than the objects the gate
     # measures. 4,000 steps at a lower learning rate.
@@ -467,6 +494,13 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
+def _switch_clips(metadata: dict[str, Any]) -> str:
+    count = metadata.get("preset", {}).get("training", {}).get("switch_clips", 0)
+    if not count:
+        return "none (every clip keeps its caption)"
+    return f"{count}, beside the plain clips (the caption recolours objects at a random chunk boundary)"
+
+
 def model_card(metadata: dict[str, Any]) -> str:
     """Markdown model card from a ``training.json`` dict (missing entries show as "?")."""
     preset = metadata.get("preset", {})
@@ -489,6 +523,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         f"| decoder fine-tune (stage 1b) | {_decoder_stage(metadata)} |",
         f"| transformer steps | {_transformer_steps(metadata)}{_initialised_from(metadata)} |",
         f"| object weight in the loss | {metadata.get('preset', {}).get('training', {}).get('object_weight', 1.0)} |",
+        f"| prompt-switch clips | {_switch_clips(metadata)} |",
         f"| sampled at (Self Forcing) | {_schedule(metadata)} |",
         f"| context noise augmentation | t <= {metadata.get('context_noise_aug', '?')} |",
         f"| device / dtype | {metadata.get('device', '?')} / {metadata.get('dtype', '?')} |",
@@ -526,7 +561,7 @@ def model_card(metadata: dict[str, Any]) -> str:
         "- The training horizon is the clip above; rollouts beyond it with a wider attention window are "
         "outside what it was trained for (relative positions it never saw).",
         "- The autoencoder's causal decoder is a recurrence trained unrolled over "
-        f"{_decoder_horizon(metadata)} video frames: its reconstructions can degrade with the frame index on "
+        f"{decoder_horizon(metadata)} video frames: its reconstructions can degrade with the frame index on "
         "longer videos. Compare long rollouts with the VAE's own reconstruction of the truth as well as with "
         "the truth.",
     ]
@@ -572,14 +607,18 @@ def _schedule(metadata: dict[str, Any]) -> str:
 
 
 def _decoder_stage(metadata: dict[str, Any]) -> str:
-    """The decoder stage's steps and clip length, or "none"."""
+    """The decoder stage's steps, clip length and starting autoencoder, or "none"."""
     decoder = metadata.get("decoder")
     if not decoder:
         return "none"
-    return f"{decoder.get('steps_done', '?')} steps on {decoder.get('clip_frames', '?')}-frame clips, encoder frozen"
+    source = f", continuing `{decoder['from']}`" if decoder.get("from") else ""
+    return (
+        f"{decoder.get('steps_done', '?')} steps on {decoder.get('clip_frames', '?')}-frame clips, encoder frozen"
+        f"{source}"
+    )
 
 
-def _decoder_horizon(metadata: dict[str, Any]) -> str:
+def decoder_horizon(metadata: dict[str, Any]) -> str:
     """How many video frames the decoder was trained unrolled over."""
     decoder = metadata.get("decoder")
     if decoder:

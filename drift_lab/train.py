@@ -451,6 +451,12 @@ def _train_transformer(
     vae = components.vae
     seeds = scene_seeds(streams.rng, config.pool_clips)
     pool = build_pool(vae, encoder, preset.world, seeds, clip_frames, device, True, options.pool_cache)
+    if config.switch_clips:
+        # Drawn after the pool's seeds, so a preset without switch clips draws exactly what it drew before.
+        switch_seeds = scene_seeds(streams.rng, config.switch_clips)
+        switches = build_pool(vae, encoder, preset.world, switch_seeds, clip_frames, device, True,
+                              options.pool_cache, switches=True)  # fmt: skip
+        pool = pool.joined(switches)
     model = CausalWanTransformer(components.transformer.to(device), preset.text_len, "sdpa")
     components.transformer = model.base
 

@@ -9,6 +9,11 @@ those two calls on true latents: for each chunk ``i`` of a clip,
 2. run the clean chunk ``i`` at the context timestep, which appends its roped K/V to the context, the keys
    the cache-writing call would leave in the cache.
 
+A clip whose caption changes at a chunk boundary (a switch clip, ``drift_lab.training_data``) is trained as the
+server applies a prompt switch in its ``block_causal`` recache mode: before the first chunk under the new
+caption, every clean chunk before it is written again under the new caption, oldest first, each attending to
+those rewritten before it (``docs/engine.md``, "Prompt switches").
+
 The calls go through :meth:`CausalWanTransformer.forward` with :class:`TrainingAttention` in place of the
 inference cache: the same keys, but kept in per-layer Python lists joined out of place, because the
 inference ``KVCache`` writes into preallocated buffers in place, which autograd cannot differentiate.
@@ -20,6 +25,8 @@ effort where the few-step sampler needs it: the clean estimate after the very fi
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -81,50 +88,81 @@ def denoising_grid(config: TrainingConfig | None = None) -> torch.Tensor:
     return torch.tensor(denoising_timesteps(config.denoising_steps, config.timestep_shift), dtype=torch.float32)
 
 
+def chunk_texts(model: CausalWanTransformer, prompts: torch.Tensor) -> list[TextContext]:
+    """The text context of each chunk of a batch, from prompt embeddings ``[B, chunks, L, D]`` (under the
+    caller's grad mode); a chunk whose prompts are those of the chunk before shares its context object, which
+    is how :func:`teacher_forced_flows` tells a switch."""
+    texts: list[TextContext] = []
+    for chunk in range(prompts.shape[1]):
+        if chunk and torch.equal(prompts[:, chunk], prompts[:, chunk - 1]):
+            texts.append(texts[-1])
+        else:
+            texts.append(model.text_context(prompts[:, chunk]))
+    return texts
+
+
 def teacher_forced_flows(
     model: CausalWanTransformer,
     noisy: torch.Tensor,
     timesteps: torch.Tensor,
     context: torch.Tensor,
     context_timesteps: torch.Tensor,
-    text: TextContext,
+    texts: Sequence[TextContext],
 ) -> torch.Tensor:
     """Flow predictions ``[B, F, C, h, w]`` for every chunk of ``noisy``, each against the chunks before it.
 
     ``noisy`` holds each chunk at its denoising timestep (``timesteps`` ``[B, chunks]``); ``context`` the
     clean latents (or their context-noised version, at ``context_timesteps`` ``[B]``) that are written to
     the attention context after their chunk has been predicted, as the pipeline commits a finished chunk.
+    ``texts`` holds each chunk's text context; where it is another object than the previous chunk's (a prompt
+    switch in some clip of the batch), the context is rewritten under it first, as the ``block_causal`` recache
+    does (for the clips whose prompt did not change, that rewrite reproduces the context they had).
     """
     batch, frames = noisy.shape[:2]
     if frames % FRAMES_PER_BLOCK:
         raise ValueError(f"latents must hold whole chunks of {FRAMES_PER_BLOCK} frames; got {frames}")
     chunks = frames // FRAMES_PER_BLOCK
+    if len(texts) != chunks:
+        raise ValueError(f"texts must hold one text context per chunk ({chunks}); got {len(texts)}")
     kv = TrainingKV(model.num_layers)
     context_t = context_timesteps.to(noisy.device)[:, None].expand(batch, FRAMES_PER_BLOCK)
+    ropes = [
+        model.rotary(model.geometry(noisy[:, start : start + FRAMES_PER_BLOCK], start), noisy.device)
+        for start in range(0, frames, FRAMES_PER_BLOCK)
+    ]
+
+    def write(chunk: int, text: TextContext) -> None:
+        start = chunk * FRAMES_PER_BLOCK
+        writer = TrainingAttention(kv, ropes[chunk], write=True)
+        model(context[:, start : start + FRAMES_PER_BLOCK], context_t, text, writer, start)
+
     flows = []
     for chunk in range(chunks):
+        if chunk and texts[chunk] is not texts[chunk - 1]:
+            kv = TrainingKV(model.num_layers)
+            for earlier in range(chunk):
+                write(earlier, texts[chunk])
         start = chunk * FRAMES_PER_BLOCK
-        frames_of_chunk = slice(start, start + FRAMES_PER_BLOCK)
-        rope = model.rotary(model.geometry(noisy[:, frames_of_chunk], start), noisy.device)
         t = timesteps[:, chunk].to(noisy.device)[:, None].expand(batch, FRAMES_PER_BLOCK)
-        reader = TrainingAttention(kv, rope, write=False)
-        flows.append(model(noisy[:, frames_of_chunk], t, text, reader, start))
-        if chunk + 1 < chunks:  # the last chunk's keys would serve no later chunk
-            writer = TrainingAttention(kv, rope, write=True)
-            model(context[:, frames_of_chunk], context_t, text, writer, start)
+        reader = TrainingAttention(kv, ropes[chunk], write=False)
+        flows.append(model(noisy[:, start : start + FRAMES_PER_BLOCK], t, texts[chunk], reader, start))
+        # The last chunk's keys would serve no later chunk; a chunk before a switch is written by its recache.
+        if chunk + 1 < chunks and texts[chunk + 1] is texts[chunk]:
+            write(chunk, texts[chunk])
     return torch.cat(flows, dim=1)
 
 
 def clip_loss(
     model: CausalWanTransformer,
     latents: torch.Tensor,
-    text: TextContext,
+    texts: Sequence[TextContext],
     timesteps: torch.Tensor,
     context_timesteps: torch.Tensor,
     generator: torch.Generator,
     weights: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """x0-space MSE of clips ``latents`` ``[B, F, C, h, w]`` (F a multiple of 3) under teacher forcing.
+    """x0-space MSE of clips ``latents`` ``[B, F, C, h, w]`` (F a multiple of 3) under teacher forcing, each
+    chunk conditioned on its text context in ``texts`` (:func:`chunk_texts`).
 
     ``timesteps`` ``[B, chunks]`` are the denoising timesteps of each chunk, ``context_timesteps`` ``[B]``
     those of the clean context (its latents are noised to them: the context-noise augmentation). ``weights``
@@ -133,7 +171,7 @@ def clip_loss(
     per_frame = timesteps.to(latents.device).repeat_interleave(FRAMES_PER_BLOCK, dim=1)
     noisy = noised(latents, per_frame, generator)
     context = noised(latents, context_timesteps, generator)
-    flows = teacher_forced_flows(model, noisy, timesteps, context, context_timesteps, text)
+    flows = teacher_forced_flows(model, noisy, timesteps, context, context_timesteps, texts)
     x0 = to_x0(noisy, flows, per_frame[..., None, None, None])
     squared = (x0.float() - latents.float()).square()
     if weights is None:
@@ -174,7 +212,7 @@ def train_transformer(
         timesteps, context = draw_timesteps(config, chunks, generator)
         weights = object_loss_weights(objects, config.object_weight)
         with autocast(device, dtype):
-            loss = clip_loss(model, latents, model.text_context(prompts), timesteps, context, generator, weights)
+            loss = clip_loss(model, latents, chunk_texts(model, prompts), timesteps, context, generator, weights)
         optimizer_step(loss, model.base, optimizer, scheduler, config.grad_clip)
         return {"x0_mse": loss.item()}
 

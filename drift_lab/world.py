@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -480,6 +480,18 @@ def scene_from_caption(caption: str, seed: int, spec: WorldSpec = WorldSpec()) -
     background = _sample_background(rng, spec, (content.background_kind, content.background_colour))
     colours = [look.colour for look in content.objects]
     return _placed_scene(rng, spec, int(seed), background, colours, content.objects)
+
+
+def recoloured(scene: Scene, colours: Sequence[str]) -> Scene:
+    """``scene`` with its objects, in order, in ``colours``: the same sizes, motion and background, and the
+    caption to match. What a prompt switch that renames the objects' colours shows from the switch on."""
+    if len(colours) != len(scene.shapes):
+        raise ValueError(f"recoloured: {len(colours)} colours for {len(scene.shapes)} objects")
+    if len(set(colours)) != len(colours) or not set(colours) <= set(OBJECT_COLOURS):
+        raise ValueError(f"recoloured: colours must be distinct names among {', '.join(OBJECT_COLOURS)}: {colours}")
+    shapes = tuple(replace(shape, colour=colour, rgb=OBJECT_COLOURS[colour])
+                   for shape, colour in zip(scene.shapes, colours, strict=True))  # fmt: skip
+    return replace(scene, shapes=shapes, caption=caption_for(shapes, scene.background))
 
 
 def _reflect(start: float, velocity: float, low: float, high: float, frames: np.ndarray) -> np.ndarray:

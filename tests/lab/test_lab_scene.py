@@ -94,11 +94,24 @@ def test_sessions_it_cannot_serve_are_refused_saying_why(model: LabModel, folder
 
 
 def test_the_effect_benchmark_finds_the_scene_the_hook_renders(capsys: pytest.CaptureFixture[str]) -> None:
-    # benchmarks/lab_scene_effect.py on the passing model: at the default level every seed keeps both objects
-    # (24 of 24 per model in benchmarks/RESULTS.md), and its JSON rows say so.
-    from benchmarks.lab_scene_effect import DEMO_MODEL, main
+    # benchmarks/lab_prompts.py on the demo's model: at the default level every seed keeps both objects
+    # (24 of 24 in benchmarks/RESULTS.md), and its JSON rows say so.
+    from benchmarks.lab_prompts import main
 
-    assert main([str(DEMO_MODEL), "--levels", "0.5", "--seeds", "2", "--chunks", "2"]) == 0
+    assert main(["--levels", "0.5", "--seeds", "2", "--chunks", "2"]) == 0
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert [(row["noise_level"], row["seeds"], row["seeds_keeping_scene"]) for row in rows] == [(0.5, 2, 2)]
     assert rows[0]["checked_frames"] == [0, 8, 10, 20] and rows[0]["found_per_checked_frame"] == [1.0] * 4
+    assert rows[0]["stale_after_switch"] is None
+
+
+def test_the_effect_benchmark_sees_the_demo_switch_replace_the_colours(capsys: pytest.CaptureFixture[str]) -> None:
+    # The demo's switch before chunk 2 of 3: the first caption's colours are checked up to frame 20, the second's
+    # at frame 32; the old colours are gone there (stale 0) and new ones drawn.
+    from benchmarks.lab_prompts import main
+
+    switch = "2:a yellow circle and a green square bouncing on a plain gray background"
+    assert main(["--levels", "0.5", "--seeds", "2", "--chunks", "3", "--switch", switch]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
+    assert rows[0]["checked_frames"] == [0, 8, 20, 32] and rows[0]["found_per_checked_frame"][:3] == [1.0] * 3
+    assert rows[0]["stale_after_switch"] == 0.0 and rows[0]["found_per_checked_frame"][3] > 0

@@ -162,7 +162,7 @@ def test_training_context_matches_the_inference_cache(micro_model) -> None:
     noisy = (1 - t / 1000) * clean + t / 1000 * noise
     with torch.no_grad():
         flows = teacher_forced_flows(
-            model, noisy, torch.full((1, 3), t), clean, torch.zeros(1), model.encode_text(prompt)
+            model, noisy, torch.full((1, 3), t), clean, torch.zeros(1), [model.encode_text(prompt)] * 3
         )
     pipeline = build_pipeline("self_forcing", model)
     for chunk in range(3):
@@ -191,14 +191,15 @@ def test_loss_decreases_when_overfitting_a_fixed_batch() -> None:
     model = CausalWanTransformer(components.transformer, MICRO.text_len, "sdpa")
     latents = torch.randn(2, 6, 16, 4, 4, generator=torch.Generator().manual_seed(1))
     prompts = encode_prompts(components.prompt_encoder(), [sample_scene(1).caption, sample_scene(2).caption], "cpu")
-    pool = ClipPool(latents, prompts, ["a", "b"])
+    pool = ClipPool(latents, prompts[:, None].expand(-1, 2, -1, -1), [("a", "a"), ("b", "b")])
 
     def fixed_loss() -> float:
         with torch.no_grad():
             timesteps = torch.full((2, 2), float(denoising_grid()[1]))
             return clip_loss(
-                model, latents, model.encode_text(prompts), timesteps, torch.zeros(2), torch.Generator().manual_seed(9)
-            ).item()
+                model, latents, [model.encode_text(prompts)] * 2, timesteps, torch.zeros(2),
+                torch.Generator().manual_seed(9),
+            ).item()  # fmt: skip
 
     before = fixed_loss()
     config = TrainingConfig(steps=30, batch=2, lr=3e-3, warmup_steps=2, clip_chunks=2)
@@ -435,7 +436,7 @@ def test_object_weighted_loss_weighs_the_object_cells() -> None:
     def loss(weights: torch.Tensor | None) -> float:
         with torch.no_grad():
             generator = torch.Generator().manual_seed(9)
-            return clip_loss(model, latents, text, timesteps, torch.zeros(2), generator, weights).item()
+            return clip_loss(model, latents, [text] * 2, timesteps, torch.zeros(2), generator, weights).item()
 
     plain, weighted = loss(None), loss(object_loss_weights(objects, 4.0))
     assert loss(torch.ones(2, 6, 1, 4, 4)) == pytest.approx(plain, rel=1e-6)

@@ -1,19 +1,20 @@
 """``make demo``: start the server on the demo model, stream a short video with the client CLI, stop it.
 
-The demo model is the drift-lab model ``drift_lab/weights/cpu-wide-lanes-seed0``, which passes the lab's
-quality gate (docs/drift-lab.md): 64x64 circles and squares moving sideways in rows of their own. ``--model``
-picks any other: ``tiny`` (the embedded random-weight model, whose frames are noise) or a model folder. It runs
-``tokentrim-server --model MODEL`` on free localhost ports, waits until its health check says SERVING, streams
-a prompt into ``out/demo.mp4`` with ``tokentrim-client stream`` (with one prompt switch and the TokenTrim
-policy when it is installed), prints where the metrics are and a few of their values, then stops the server
-with SIGTERM, as an orchestrator would.
+The demo model is the drift-lab model ``drift_lab/weights/cpu-wide-lanes-switch-seed0``, which passes the lab's
+quality gate (docs/drift-lab.md): 64x64 circles and squares moving sideways in rows of their own, fine-tuned to
+follow prompt switches. ``--model`` picks any other: ``tiny`` (the embedded random-weight model, whose frames
+are noise) or a model folder. It runs ``tokentrim-server --model MODEL`` on free localhost ports, waits until its
+health check says SERVING, streams a prompt into ``out/demo.mp4`` with ``tokentrim-client stream`` (with one
+prompt switch and the TokenTrim policy when it is installed), prints where the metrics are and a few of their
+values, then stops the server with SIGTERM, as an orchestrator would.
 
 A lab model only knows its world's captions ("a red circle and a blue square bouncing on a plain gray
 background"), streams at the schedule and with the attention window it was trained with (its
 ``training.json``), and from noise alone draws only some of the named objects: its session uses the
 ``lab_scene`` hook (``plugins/labscene``), which starts the first chunk from a render of the scene the prompt
-names. The default switch changes the background (gray to slate), which the model follows; a switch to other
-objects does not replace the ones on screen (docs/drift-lab.md).
+names. The default switch recolours both objects (red and blue to yellow and green): the old colours are gone
+from the first frame after it, though the model does not always give each shape its own new colour
+(benchmarks/RESULTS.md, "prompt switches").
 """
 
 from __future__ import annotations
@@ -33,10 +34,10 @@ from typing import Any
 import av
 from PIL import Image
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "drift_lab" / "weights" / "cpu-wide-lanes-seed0"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "drift_lab" / "weights" / "cpu-wide-lanes-switch-seed0"
 
 LAB_PROMPT = "a red circle and a blue square bouncing on a plain gray background"
-LAB_SWITCH = "3:a red circle and a blue square bouncing on a plain slate background"
+LAB_SWITCH = "3:a yellow circle and a green square bouncing on a plain gray background"
 TINY_PROMPT = "a red car drives along the beach at sunset"
 TINY_SWITCH = "3:a blue boat sails across a calm lake"
 SHOWN_SERIES = ("tokentrim_chunks_total", "tokentrim_frames_total", "tokentrim_policy_triggers_total",
@@ -69,16 +70,21 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="make demo", description=__doc__)
     parser.add_argument("--model", default=str(DEFAULT_MODEL),
                         help="a model folder or tiny (embedded, noise); default: the drift-lab model "
-                        "cpu-wide-lanes-seed0 (a lab model gets its world's captions, the attention window it was "
-                        "trained with and the lab_scene hook)")
+                        f"{DEFAULT_MODEL.name} (a lab model gets its world's captions, the attention window it "
+                        "was trained with and the lab_scene hook)")
     parser.add_argument("--prompt", default=None, help="default: a caption the model knows")
     parser.add_argument("--switch", default=None, help="CHUNK:PROMPT (default: another caption at chunk 3)")
     parser.add_argument("--chunks", type=int, default=6)
+    parser.add_argument("--seed", type=int, default=0,
+                        help="noise seed (default: %(default)s). The client runs with one chunk of credit, so the "
+                        "switch lands on its chunk and the same seed streams the same video")  # fmt: skip
     parser.add_argument("--out", default="out/demo.mp4")
     parser.add_argument("--strip", default=None, help="also write a PNG strip of evenly spaced frames here")
     args = parser.parse_args(argv)
     if args.model != "tiny" and not Path(args.model).is_dir():
         parser.error(f"--model: no model folder at {args.model} (tiny: the embedded model)")
+    if args.seed < 0:
+        parser.error(f"--seed: must be >= 0, got {args.seed}")
     lab_options = lab_stream_options(args.model)
     args.prompt = args.prompt or (LAB_PROMPT if lab_options else TINY_PROMPT)
     args.switch = args.switch or (LAB_SWITCH if lab_options else TINY_SWITCH)
@@ -93,7 +99,8 @@ def main(argv: list[str] | None = None) -> int:
         wait_until_serving(target, server)
         print(f"server on {target}, metrics at {metrics_url}", flush=True)
         stream = [*client_command(), "stream", "--target", target, "--prompt", args.prompt,
-                  "--chunks", str(args.chunks), "--switch", args.switch, "--out", args.out,
+                  "--chunks", str(args.chunks), "--seed", str(args.seed), "--credits", "1",
+                  "--switch", args.switch, "--out", args.out,
                   "--reports", str(Path(args.out).with_suffix(".jsonl"))]
         for key, value in (lab_options or {}).items():
             stream += ["--option", f"{key}={json.dumps(value)}"]

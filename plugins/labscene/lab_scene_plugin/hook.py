@@ -3,7 +3,7 @@
 A lab model (``drift_lab/``) draws only some of its prompt's objects from noise alone: sampled in a few steps,
 a regression model's first chunk is near the mean of every scene its caption allows, where the objects'
 positions average out (``cpu-wide-lanes-seed0`` shows both objects of the demo's prompt throughout in 8 of 24
-seeds; with this hook, 24 of 24: ``benchmarks/lab_scene_effect.py``). This hook gives it what the
+seeds; with this hook, 24 of 24: ``benchmarks/lab_prompts.py``). This hook gives it what the
 lab's own runs give it with a true first chunk: at session start it renders the scene the prompt names
 (``drift_lab.world.scene_from_caption``; positions and speeds drawn from the session seed) and encodes it with
 the model's autoencoder; during the first chunk it skips the denoising steps above ``noise_level`` by making
