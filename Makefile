@@ -3,9 +3,9 @@
 #            every test runs; only the CUDA-only ones skip without a GPU.
 # make tools: install buf (npm, into .tools), Prometheus with promtool, and Chromium with chromedriver for the
 #             gateway's browser tests (Debian's packages; need root or sudo).
-# make demo: start the server on the drift-lab model cpu-wide-lanes-switch-seed0, stream a short video with the client
-#            CLI into out/demo.mp4, print where the metrics are, stop the server (DEMO_ARGS="--model tiny": the
-#            embedded random-weight model; --help for every flag).
+# make demo: start the server on the drift-lab model cpu-wide-lanes-switch-long-seed0, stream a short video with
+#            the client CLI into out/demo.mp4, print where the metrics are, stop the server (DEMO_ARGS="--model
+#            tiny": the embedded random-weight model; --help for every flag).
 # make watch: start the server on the embedded tiny model and the WebRTC gateway, print the viewer page's URL;
 #             Ctrl-C stops both (docs/gateway.md).
 # make proto: regenerate the gRPC code from proto/ (the tests fail when it is stale).

@@ -379,6 +379,12 @@ CPU_WIDE_LANES_PRESET = dataclasses.replace(
 CPU_WIDE_LANES_SWITCH_PRESET = CPU_WIDE_LANES_PRESET.tuned(
     "cpu-wide-lanes-switch", steps=4_000, lr=3e-4, warmup_steps=100, switch_clips=2_048
 )
+# `cpu-wide-lanes-switch` drops the old colours at a switch but gives both shapes one new colour in about half
+# the seeds. `cpu-wide-lanes-switch-long` continues it (`--init-from`) with twice the switch clips (the same
+# 2,048 first, then 2,048 more: 40% of the pool) for 4,000 more steps at a lower rate.
+CPU_WIDE_LANES_SWITCH_LONG_PRESET = CPU_WIDE_LANES_PRESET.tuned(
+    "cpu-wide-lanes-switch-long", steps=4_000, lr=2e-4, warmup_steps=100, switch_clips=4_096
+)
 
 # The decoder of `cpu-vae-long` (stage 1b on 33-frame clips) drifts once its causal context no longer holds the
 # clip's first latent frame: a plain gray background reconstructs as slate-blue from frame ~33 on, beige as a
@@ -409,6 +415,7 @@ PRESETS: dict[str, LabPreset] = {
     "cpu-wide-lanes": CPU_WIDE_LANES_PRESET,
     "cpu-deep-lanes": CPU_DEEP_LANES_PRESET,
     "cpu-wide-lanes-switch": CPU_WIDE_LANES_SWITCH_PRESET,
+    "cpu-wide-lanes-switch-long": CPU_WIDE_LANES_SWITCH_LONG_PRESET,
     "cpu-stream-decoder": CPU_STREAM_DECODER_PRESET,
     # A fine-tune of a trained `cpu-wide` model (`--init-from`, same pool), with object cells weighted 4x in the
     # x0 loss, so that the background (textures, pans) takes less of the capacity than the objects the gate

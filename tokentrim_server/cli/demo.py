@@ -1,19 +1,19 @@
 """``make demo``: start the server on the demo model, stream a short video with the client CLI, stop it.
 
-The demo model is the drift-lab model ``drift_lab/weights/cpu-wide-lanes-switch-seed0``, which passes the lab's
-quality gate (docs/drift-lab.md): 64x64 circles and squares moving sideways in rows of their own, fine-tuned to
-follow prompt switches. ``--model`` picks any other: ``tiny`` (the embedded random-weight model, whose frames
-are noise) or a model folder. It runs ``tokentrim-server --model MODEL`` on free localhost ports, waits until its
-health check says SERVING, streams a prompt into ``out/demo.mp4`` with ``tokentrim-client stream`` (with one
-prompt switch and the TokenTrim policy when it is installed), prints where the metrics are and a few of their
-values, then stops the server with SIGTERM, as an orchestrator would.
+The demo model is the drift-lab model ``drift_lab/weights/cpu-wide-lanes-switch-long-seed0``, which passes the
+lab's quality gate (docs/drift-lab.md): 64x64 circles and squares moving sideways in rows of their own,
+fine-tuned to follow prompt switches. ``--model`` picks any other: ``tiny`` (the embedded random-weight model,
+whose frames are noise) or a model folder. It runs ``tokentrim-server --model MODEL`` on free localhost ports,
+waits until its health check says SERVING, streams a prompt into ``out/demo.mp4`` with ``tokentrim-client
+stream`` (with one prompt switch and the TokenTrim policy when it is installed), prints where the metrics are
+and a few of their values, then stops the server with SIGTERM, as an orchestrator would.
 
 A lab model only knows its world's captions ("a red circle and a blue square bouncing on a plain gray
 background"), streams at the schedule and with the attention window it was trained with (its
 ``training.json``), and from noise alone draws only some of the named objects: its session uses the
 ``lab_scene`` hook (``plugins/labscene``), which starts the first chunk from a render of the scene the prompt
 names. The default switch recolours both objects (red and blue to yellow and green): the old colours are gone
-from the first frame after it, though the model does not always give each shape its own new colour
+within a latent frame of it, though the model does not always give each shape its own new colour
 (benchmarks/RESULTS.md, "prompt switches").
 """
 
@@ -34,7 +34,7 @@ from typing import Any
 import av
 from PIL import Image
 
-DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "drift_lab" / "weights" / "cpu-wide-lanes-switch-seed0"
+DEFAULT_MODEL = Path(__file__).resolve().parents[2] / "drift_lab" / "weights" / "cpu-wide-lanes-switch-long-seed0"
 
 LAB_PROMPT = "a red circle and a blue square bouncing on a plain gray background"
 LAB_SWITCH = "3:a yellow circle and a green square bouncing on a plain gray background"
