@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from tokentrim_client.cli import flags
 
 from benchmarks.rows import figures, print_rows
 from drift_lab.measure import detect
@@ -53,23 +54,14 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("models", type=Path, nargs="*", default=[DEFAULT_MODEL],
                         help=f"drift-lab model folders (default: the demo's, {DEFAULT_MODEL.name})")  # fmt: skip
     parser.add_argument("--caption", default=LAB_PROMPT, help="the prompt, in the lab world's caption grammar")
-    parser.add_argument("--switch", default=None, metavar="CHUNK:CAPTION",
-                        help="switch the prompt to CAPTION before chunk CHUNK (>= 1)")  # fmt: skip
+    parser.add_argument("--switch", type=flags.switch, default=None, metavar="CHUNK:CAPTION",
+                        help="switch the prompt to CAPTION before chunk CHUNK (1 <= CHUNK < --chunks)")  # fmt: skip
     parser.add_argument("--levels", type=float, nargs="+", default=[1.0, 0.875, 0.625, 0.5, 0.375],
                         help="lab_scene noise levels in (0, 1]; 1 is the plain session")  # fmt: skip
     parser.add_argument("--seeds", type=int, default=12, help="session seeds 0..N-1 per model and level")
     parser.add_argument("--chunks", type=int, default=6, help="chunks per session")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     return parser
-
-
-def parse_switch(text: str | None, chunks: int) -> tuple[int, str] | None:
-    if text is None:
-        return None
-    chunk, separator, caption = text.partition(":")
-    if not separator or not chunk.strip().isdigit() or not 1 <= int(chunk) < chunks:
-        raise SystemExit(f"--switch: expected CHUNK:CAPTION with 1 <= CHUNK < --chunks ({chunks}); got {text!r}")
-    return int(chunk), caption.strip()
 
 
 def checked_frames(count: int, switch_frame: int | None, chunk_frames: int) -> list[int]:
@@ -113,7 +105,7 @@ def found_and_count_error(frame: np.ndarray, scene: Scene) -> tuple[float, int]:
 
 
 def measure(model: LabModel, args: argparse.Namespace, seed: int, level: float) -> dict:
-    switch = parse_switch(args.switch, args.chunks)
+    switch = args.switch
     video, first_chunk_seconds, seconds = run_session(model, args.caption, seed, level, args.chunks, switch)
     first = scene_from_caption(args.caption, seed, model.world)
     switch_frame = None if switch is None else chunk_first_frame(switch[0])
@@ -140,7 +132,8 @@ def summarise(folder: Path, args: argparse.Namespace, level: float, runs: list[d
     stale = [value for run in runs for value in run["stale"]]
     return {
         "model": folder.name, "noise_level": level, "seeds": args.seeds, "chunks": args.chunks,
-        "caption": args.caption, "switch": args.switch, "checked_frames": runs[0]["frames"],
+        "caption": args.caption, "switch": None if args.switch is None else "{}:{}".format(*args.switch),
+        "checked_frames": runs[0]["frames"],
         "seeds_keeping_scene": sum(all(fraction == 1.0 for fraction in run["found"]) for run in runs),
         "found_per_checked_frame": [statistics.fmean(run["found"][i] for run in runs)
                                     for i in range(len(runs[0]["found"]))],
@@ -169,7 +162,8 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(args.threads)
     if not all(0.0 < level <= 1.0 for level in args.levels):
         raise SystemExit(f"--levels: every level must be in (0, 1], got {args.levels}")
-    parse_switch(args.switch, args.chunks)  # refuse a bad switch before loading anything
+    if args.switch is not None and args.switch[0] >= args.chunks:
+        raise SystemExit(f"--switch: CHUNK must be < --chunks ({args.chunks}); got {args.switch[0]}")
     print_rows(measure_models(args), describe)
     return 0
 

@@ -373,9 +373,9 @@ CPU_WIDE_LANES_PRESET = dataclasses.replace(
 )
 
 # `cpu-wide-lanes` keeps the objects it shows when a prompt switch renames their colours: no clip of the world
-# ever changes its caption. `cpu-wide-lanes-switch` fine-tunes
-# it (`--init-from`) on its own pool plus 2,048 clips in which, at a chunk boundary, some objects take other
-# colours and the caption changes with them, trained as the server switches (block_causal recache).
+# ever changes its caption. `cpu-wide-lanes-switch` fine-tunes it (`--init-from`) on its own pool plus 2,048
+# clips in which, at a chunk boundary, some objects take other colours and the caption changes with them,
+# trained as the server switches (block_causal recache).
 CPU_WIDE_LANES_SWITCH_PRESET = CPU_WIDE_LANES_PRESET.tuned(
     "cpu-wide-lanes-switch", steps=4_000, lr=3e-4, warmup_steps=100, switch_clips=2_048
 )
@@ -501,8 +501,7 @@ def _fmt(value: Any) -> str:
     return f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _switch_clips(metadata: dict[str, Any]) -> str:
-    count = metadata.get("preset", {}).get("training", {}).get("switch_clips", 0)
+def _switch_clips(count: int) -> str:
     if not count:
         return "none (every clip keeps its caption)"
     return f"{count}, beside the plain clips (the caption recolours objects at a random chunk boundary)"
@@ -511,6 +510,7 @@ def _switch_clips(metadata: dict[str, Any]) -> str:
 def model_card(metadata: dict[str, Any]) -> str:
     """Markdown model card from a ``training.json`` dict (missing entries show as "?")."""
     preset = metadata.get("preset", {})
+    training = preset.get("training", {})
     losses = metadata.get("losses", {})
     lines = [
         f"# Drift-lab model `{preset.get('name', '?')}` (seed {metadata.get('seed', '?')})",
@@ -529,8 +529,8 @@ def model_card(metadata: dict[str, Any]) -> str:
         f"| autoencoder steps | {_vae_steps(metadata)} |",
         f"| decoder fine-tune (stage 1b) | {_decoder_stage(metadata)} |",
         f"| transformer steps | {_transformer_steps(metadata)}{_initialised_from(metadata)} |",
-        f"| object weight in the loss | {metadata.get('preset', {}).get('training', {}).get('object_weight', 1.0)} |",
-        f"| prompt-switch clips | {_switch_clips(metadata)} |",
+        f"| object weight in the loss | {training.get('object_weight', 1.0)} |",
+        f"| prompt-switch clips | {_switch_clips(training.get('switch_clips', 0))} |",
         f"| sampled at (Self Forcing) | {_schedule(metadata)} |",
         f"| context noise augmentation | t <= {metadata.get('context_noise_aug', '?')} |",
         f"| device / dtype | {metadata.get('device', '?')} / {metadata.get('dtype', '?')} |",
