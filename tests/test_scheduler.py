@@ -97,11 +97,17 @@ def test_a_session_waiting_for_its_first_chunk_is_served_before_buffered_ones():
 
 
 async def _run_together(worker: DeviceWorker, jobs: list[Batched]) -> list:
-    """Queue every job (owner: its index) before the worker picks, then their (result, share) pairs."""
+    """Queue every job (owner: its index) before the worker picks, then their (result, share) pairs.
+
+    The gate holds the worker until all are queued. It is urgent (tagged at the current virtual time), so it
+    runs before them even when an earlier call charged its owner more device time than theirs: a plain gate
+    could then lose the pick to the first job queued, and the worker take that job before the next arrived.
+    """
     gate = threading.Event()
-    worker.submit(gate.wait, owner="gate")
+    worker.submit(gate.wait, owner="gate", urgent=True)
     running = [asyncio.ensure_future(worker.run_batched(job, owner=index)) for index, job in enumerate(jobs)]
-    await asyncio.sleep(0.05)
+    while worker.queued_batchable() < len(jobs):
+        await asyncio.sleep(0.01)
     gate.set()
     return await asyncio.gather(*running)
 
