@@ -618,11 +618,13 @@ def _decoder_stage(metadata: dict[str, Any]) -> str:
     decoder = metadata.get("decoder")
     if not decoder:
         return "none"
+    stages = f"{decoder.get('steps_done', '?')} steps on {decoder.get('clip_frames', '?')}-frame clips"
+    earlier = decoder.get("continues")
+    while earlier:  # the decoder stages this one continued, newest first
+        stages += f", after {earlier.get('steps_done', '?')} on {earlier.get('clip_frames', '?')}-frame clips"
+        earlier = earlier.get("continues")
     source = f", continuing `{decoder['from']}`" if decoder.get("from") else ""
-    return (
-        f"{decoder.get('steps_done', '?')} steps on {decoder.get('clip_frames', '?')}-frame clips, encoder frozen"
-        f"{source}"
-    )
+    return f"{stages}, encoder frozen{source}"
 
 
 def decoder_horizon(metadata: dict[str, Any]) -> str:

@@ -64,7 +64,12 @@ from drift_lab.model import (
     save_lab_model,
 )
 from drift_lab.training_data import build_pool, scene_seeds
-from drift_lab.training_decoder import differing_encoder_tensors, train_decoder, with_decoder_stage
+from drift_lab.training_decoder import (
+    continued_decoder,
+    differing_encoder_tensors,
+    train_decoder,
+    with_decoder_stage,
+)
 from drift_lab.training_loop import Checkpointing, Progress, Streams, load_checkpoint, resolve_dtype
 from drift_lab.training_transformer import train_transformer
 from drift_lab.training_vae import train_vae
@@ -255,6 +260,8 @@ def _decoder_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[st
     streams = Streams.seeded(options.seed)
     records: list[dict[str, Any]] = []
 
+    continued = {"continues": continued_decoder(source["decoder"])} if "decoder" in source else {}
+
     def record(progress: Progress) -> dict[str, Any]:
         return {
             **{key: value for key, value in source.items() if key != "vae_gate"},  # the gate was the old decoder's
@@ -269,6 +276,7 @@ def _decoder_stage(preset: LabPreset, out: Path, options: RunOptions) -> dict[st
                 "losses": {f"decoder_{name}": value for name, value in progress.final().items()},
                 "history": progress.history,
                 "wall_seconds": round(progress.seconds, 1),
+                **continued,  # the source's own decoder stage, which this one continues
             },
         }
 

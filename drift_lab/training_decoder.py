@@ -79,13 +79,28 @@ def train_decoder(
         return loop.run_steps(progress, vae, optimizer, scheduler, loop.Streams(rng), step, checkpointing)
 
 
+def continued_decoder(record: dict[str, Any]) -> dict[str, Any]:
+    """What a decoder stage that continues the decoder of ``record`` (its ``decoder`` entry) keeps of it: how
+    it was trained and for how long, without its loss history."""
+    return {key: value for key, value in record.items() if key not in ("history", "losses", "installed_from")}
+
+
+def decoder_seconds(decoder: dict[str, Any]) -> float:
+    """The wall time of a decoder stage, the decoder stages it continued included."""
+    earlier = decoder.get("continues")
+    return decoder["wall_seconds"] + (decoder_seconds(earlier) if earlier else 0.0)
+
+
 def with_decoder_stage(metadata: dict[str, Any], decoder: dict[str, Any]) -> None:
-    """Record the decoder stage ``decoder`` in a model's ``training.json`` dict, its time among the stages'."""
-    earlier = metadata.get("decoder", {}).get("wall_seconds", 0.0)  # a decoder installed before this one
+    """Record the decoder stage ``decoder`` in a model's ``training.json`` dict, its time among the stages'
+    (with the time of the decoder stages it continued)."""
+    replaced = metadata.get("decoder")  # a decoder installed before this one
+    earlier = decoder_seconds(replaced) if replaced else 0.0
     metadata["decoder"] = decoder
-    metadata.setdefault("stage_seconds", {})["decoder"] = decoder["wall_seconds"]
+    seconds = round(decoder_seconds(decoder), 1)
+    metadata.setdefault("stage_seconds", {})["decoder"] = seconds
     if "wall_seconds" in metadata:
-        metadata["wall_seconds"] = round(metadata["wall_seconds"] - earlier + decoder["wall_seconds"], 1)
+        metadata["wall_seconds"] = round(metadata["wall_seconds"] - earlier + seconds, 1)
 
 
 def differing_encoder_tensors(ours: dict[str, torch.Tensor], theirs: dict[str, torch.Tensor], which: str) -> list[str]:

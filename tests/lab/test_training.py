@@ -395,6 +395,31 @@ def test_a_tuned_decoder_installs_into_models_of_its_encoder_only(
     assert direct["decoder"]["finished"] and "decoder" in direct["stage_seconds"]
 
 
+def test_a_decoder_continued_from_a_tuned_one_counts_both_stages(decoder_stage, tmp_path: Path) -> None:
+    decoder_folder, _ = decoder_stage
+    first = json.loads((decoder_folder / "training.json").read_text())["decoder"]
+    continued = tmp_path / "continued"
+    train_lab_model(MICRO, continued, RunOptions(seed=7, stage="decoder", vae_from=decoder_folder))
+    record = json.loads((continued / "training.json").read_text())["decoder"]
+    assert record["from"] == str(decoder_folder) and "history" not in record["continues"]
+    assert record["continues"]["wall_seconds"] == first["wall_seconds"]
+    # A model given it is charged both decoder stages, and its card says what the decoder went through.
+    model = tmp_path / "model"
+    options = RunOptions(seed=5, steps=1, stage="transformer", vae_from=continued)
+    metadata = train_lab_model(MICRO, model, options)
+    both = record["wall_seconds"] + first["wall_seconds"]
+    assert metadata["stage_seconds"]["decoder"] == pytest.approx(both, abs=0.1)
+    assert metadata["wall_seconds"] == pytest.approx(sum(metadata["stage_seconds"].values()), abs=0.2)
+    frames = record["clip_frames"]
+    card = (model / "MODEL_CARD.md").read_text()
+    assert f"3 steps on {frames}-frame clips, after 3 on {frames}-frame clips, encoder frozen" in card
+    # Installing it again over itself replaces the stage's time instead of adding to it.
+    assert decoder_main([str(continued), str(model)]) == 0
+    reinstalled = json.loads((model / "training.json").read_text())
+    assert reinstalled["stage_seconds"]["decoder"] == pytest.approx(both, abs=0.1)
+    assert reinstalled["wall_seconds"] == pytest.approx(metadata["wall_seconds"], abs=0.1)
+
+
 def test_object_weights_follow_the_crop() -> None:
     clips = render_clips(MICRO.world, [1, 2, 3], 5)
     cropped = random_crops(clips, 16, np.random.default_rng(0))
