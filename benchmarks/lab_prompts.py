@@ -160,6 +160,8 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.seeds < 1 or args.chunks < 1:
+        raise SystemExit(f"--seeds and --chunks must be >= 1; got --seeds {args.seeds}, --chunks {args.chunks}")
     if not all(0.0 < level <= 1.0 for level in args.levels):
         raise SystemExit(f"--levels: every level must be in (0, 1], got {args.levels}")
     if args.switch is not None and args.switch[0] >= args.chunks:

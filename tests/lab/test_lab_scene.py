@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -115,3 +116,19 @@ def test_the_effect_benchmark_sees_the_demo_switch_replace_the_colours(capsys: p
     rows = [json.loads(line) for line in capsys.readouterr().out.splitlines() if line.startswith("{")]
     assert rows[0]["checked_frames"] == [0, 8, 20, 32] and rows[0]["found_per_checked_frame"][:3] == [1.0] * 3
     assert rows[0]["stale_after_switch"] == 0.0 and rows[0]["found_per_checked_frame"][3] > 0
+
+
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        (["--seeds", "0"], "--seeds and --chunks must be >= 1"),
+        (["--chunks", "0"], "--seeds and --chunks must be >= 1"),
+        (["--levels", "0"], "--levels: every level must be in (0, 1]"),
+        (["--chunks", "3", "--switch", "3:a red circle on a plain gray background"], "--switch: CHUNK must be <"),
+    ],
+)
+def test_the_effect_benchmark_refuses_what_it_cannot_measure(arguments: list[str], message: str) -> None:
+    from benchmarks.lab_prompts import main
+
+    with pytest.raises(SystemExit, match=re.escape(message)):
+        main(arguments)
