@@ -8,7 +8,9 @@ on the same scenes and noise, and prints one table:
   pipeline's, for a coherent patch in the cache, a coherent patch in the emitted chunk, and noise in the cache
   (negative is better); and on uncorrupted runs the share of chunks that triggered and the divergence that cost;
 * natural drift (each pipeline, rollouts to ``--horizon-multiple`` x the training clip): late-horizon object
-  survival and PSNR minus the plain pipeline's (positive is better), and wall time relative to it.
+  survival and PSNR minus the plain pipeline's (positive is better), and wall time relative to it;
+* then the policy minus ``tokentrim`` on every column the two share, and on which it is detectably better or
+  worse.
 
 Every cell is a mean paired difference with its 95% bootstrap interval over scene seeds; ``*`` marks an
 interval that excludes 0. ``--micro`` runs everything on a tiny untrained model in seconds (a smoke test of the
@@ -30,6 +32,7 @@ from typing import Any
 
 from drift_lab.adaptive import AdaptiveBudgetPolicy
 from drift_lab.analysis import arm_rows
+from drift_lab.analysis import contrast as natural_contrast
 from drift_lab.arms import CONTROL, PIPELINES, Arm
 from drift_lab.experiment import ExperimentConfig, ExperimentResult, apply_threads, json_ready, run_experiment
 from drift_lab.injection import Region
@@ -163,6 +166,54 @@ def table(policy: PolicyUnderTest, injection: InjectionResult, natural: Experime
     return lines
 
 
+def versus_tokentrim(
+    policy: PolicyUnderTest, injection: InjectionResult, natural: ExperimentResult
+) -> dict[str, Interval]:
+    """The policy minus TokenTrim, paired by model and seed, per scorecard column the two share: what decides
+    whether a policy does better than the one it would replace. Empty when the policy is ``tokentrim`` itself."""
+    if policy.label == "tokentrim":
+        return {}
+    columns: dict[str, Interval] = {}
+    for scenario in (*INJECTION_SCENARIOS, "clean"):
+        if select(injection, scenario, policy.label) and select(injection, scenario, "tokentrim"):
+            dose = 0.0 if scenario == "clean" else None
+            columns[f"{scenario}: later divergence"] = contrast(injection, scenario, policy.label, "tokentrim", dose)
+    for pipeline in PIPELINES:
+        ours = natural.select(pipeline, policy.label)
+        theirs = natural.select(pipeline, _natural_arm("tokentrim", pipeline) or "tokentrim")
+        if ours and theirs:
+            for metric, label in (("survival", "late survival"), ("psnr", "late PSNR (dB)")):
+                columns[f"{pipeline}: {label}"] = natural_contrast(ours, theirs, metric)
+    return columns
+
+
+def versus_tokentrim_lines(policy: PolicyUnderTest, columns: Mapping[str, Interval]) -> list[str]:
+    """The comparison with TokenTrim as markdown: a table of intervals, then the verdict in one sentence."""
+    if not columns:
+        return []
+    better, worse = [], []
+    for column, interval in columns.items():
+        if interval.excludes_zero:
+            lower_is_better = column.endswith("divergence")
+            (better if (interval.mean < 0) == lower_is_better else worse).append(column)
+    verdict = f"`{policy.label}` against `tokentrim`: "
+    if not better and not worse:
+        verdict += "no column differs detectably."
+    else:
+        verdict += "; ".join(
+            f"{word} on {', '.join(names)}" for word, names in (("better", better), ("worse", worse)) if names
+        ) + "."
+    return [
+        f"## `{policy.label}` minus `tokentrim` (paired by model and seed; `*`: the interval excludes 0)",
+        "",
+        "| " + " | ".join(columns) + " |",
+        "|" + "---|" * len(columns),
+        "| " + " | ".join(_cell(interval) for interval in columns.values()) + " |",
+        "",
+        verdict,
+    ]
+
+
 def _natural_arm(arm: str, pipeline: str) -> str | None:
     """The natural-drift arm a scorecard row stands for on ``pipeline`` (``None``: not run there)."""
     tokentrim, oracle = NATURAL_BASELINES[pipeline]
@@ -183,6 +234,8 @@ def render(policy: PolicyUnderTest, injection: InjectionResult, natural: Experim
         "positions; `oracle (vs truth)` prunes where the chunk is far from the true video.",
         "",
         *table(policy, injection, natural),
+        "",
+        *versus_tokentrim_lines(policy, versus_tokentrim(policy, injection, natural)),
         "",
         f"Wall time: injection {injection.seconds / 60:.1f} min, natural drift {natural.seconds / 60:.1f} min.",
         "",
